@@ -1,0 +1,5 @@
+import sys
+
+from eftclip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""``eftclip <verb>``: a thin command line over the library.
+
+Each verb lives in a module of this package that defines
+``register(subparsers) -> argparse.ArgumentParser`` and sets ``func`` (a
+callable taking the parsed ``argparse.Namespace`` and returning an exit code
+or ``None``) as the parser default.  Flags are kebab-case.  A verb that takes
+``--config FILE`` reads YAML defaults that the other flags override (see
+:mod:`eftclip.config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from eftclip import __version__
+from eftclip.errors import EftclipError
+
+# verb module names, in the order of the pipeline; a missing module is skipped
+# so that the command line works while stages are being added
+VERBS = [
+    "world",
+    "poison",
+    "train",
+    "finetune",
+    "evaluate",
+    "detect",
+    "curate",
+    "sweep",
+    "demo",
+    "study",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eftclip",
+        description="Find and remove backdoors in CLIP models (EftCLIP).",
+    )
+    parser.add_argument("--version", action="version", version=f"eftclip {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>")
+    for name in VERBS:
+        try:
+            module = importlib.import_module(f"eftclip.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"eftclip.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except EftclipError as exc:
+        print(f"eftclip: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eftclip: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Crash-safe file output.
+
+Everything the project writes goes through these helpers so that an
+interrupted run never leaves a half-written file: data are written to a
+temporary file in the same folder, flushed to disk, then renamed over the
+destination (``os.replace`` is atomic on POSIX).  Append-only logs
+(``*.jsonl``) are flushed and synced line by line and are read back with
+:func:`read_jsonl`, which drops a torn last line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open ``path`` for writing through a temporary file renamed into place on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    ``mode`` is ``"w"`` (text) or ``"wb"`` (binary).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open supports 'w' and 'wb', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        kwargs = {"encoding": encoding, "newline": ""} if mode == "w" else {}
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place if the block succeeds.
+
+    For writers that want a file name rather than a handle (``safetensors``,
+    ``PIL.Image.save``, matplotlib).  The temporary name keeps the suffix of
+    ``path`` so that format detection by extension still works.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (keys in insertion order)."""
+    write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, naming the file in the error when it is malformed."""
+    from eftclip.errors import EftclipError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise EftclipError(f"{path}: file not found") from exc
+    except json.JSONDecodeError as exc:
+        raise EftclipError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def append_jsonl(fh: IO[str], obj: Any) -> None:
+    """Append one JSON line to an open text handle and push it to disk."""
+    fh.write(json.dumps(obj, default=_json_default) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """Read a JSON-lines file; a torn last line (from a killed writer) is dropped.
+
+    Callers that resume an append-only log should rewrite it from the returned
+    records (see :func:`repair_jsonl`) before appending again.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                break  # torn last line of an interrupted writer
+            from eftclip.errors import EftclipError
+
+            raise EftclipError(f"{path}: line {i + 1} is not valid JSON") from None
+    return out
+
+
+def repair_jsonl(path: str | os.PathLike) -> list[Any]:
+    """Read ``path`` with :func:`read_jsonl` and rewrite it without a torn last line."""
+    records = read_jsonl(path)
+    if Path(path).exists():
+        with atomic_open(path, "w") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, default=_json_default) + "\n")
+    return records
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars/arrays and paths turn up in metrics and manifests
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
