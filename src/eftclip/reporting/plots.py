@@ -1,0 +1,83 @@
+"""Figures: CA/ASR bars per model, before/after panels.
+
+matplotlib is imported inside the functions with the Agg backend so that
+importing eftclip never needs a display.  Figures are written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from eftclip.io import atomic_path
+
+
+def ca_asr_bars(results: Mapping[str, Mapping[str, float | None]], path: str | os.PathLike, *,
+                title: str = "Clean accuracy and attack success rate") -> Path:
+    """Grouped bars: one group per model name, CA and ASR (fractions in [0, 1]) side by side.
+
+    ``results`` maps a row name ("Poisoned CLIP", "EftCLIP", ...) to a mapping with
+    ``ca`` and ``asr``; a missing ASR is drawn as an empty slot.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(results)
+    ca = [results[n].get("ca") or 0.0 for n in names]
+    asr = [results[n].get("asr") or 0.0 for n in names]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.6))
+    bars_ca = ax.bar(x - 0.2, ca, 0.4, label="CA ↑", color="#4C78A8")
+    bars_asr = ax.bar(x + 0.2, asr, 0.4, label="ASR ↓", color="#E45756")
+    for bars in (bars_ca, bars_asr):
+        for b in bars:
+            ax.annotate(f"{100 * b.get_height():.0f}%", (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, names, rotation=15, ha="right")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("fraction")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def attack_panel(rows: Sequence[Mapping[str, float | str | None]], path: str | os.PathLike) -> Path:
+    """Table 5 as a figure: per attack, ASR before and after each defense.
+
+    Each row holds ``attack`` and any of ``poisoned_asr``, ``eftclip_asr``,
+    ``cleanclip_asr`` (fractions).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = [("poisoned_asr", "poisoned", "#E45756"), ("cleanclip_asr", "CleanCLIP", "#F58518"),
+            ("eftclip_asr", "EftCLIP", "#54A24B")]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 3.6))
+    width = 0.8 / len(keys)
+    for k, (key, label, color) in enumerate(keys):
+        vals = [float(r.get(key) or 0.0) for r in rows]
+        ax.bar(x + (k - 1) * width, vals, width, label=label, color=color)
+    ax.set_xticks(x, [str(r["attack"]) for r in rows])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("ASR")
+    ax.set_title("Attack success rate before and after fine-tuning")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return path
