@@ -1,0 +1,260 @@
+"""Draw the compact fine-tuning set from a clean pool (paper, section 4.5).
+
+Steps of :func:`curate`:
+
+1. read the detection's ``affected_labels.csv``, ``triggers.json`` and
+   ``vocab.txt``; weights per label by :mod:`eftclip.curation.profile`;
+2. label every pool item: from its caption (``label_by="caption"``: word
+   match against the vocabulary, plural- and phrase-aware) or by a clean CLIP
+   (``label_by="clip"``: its top-1 zero-shot label among the vocabulary);
+3. :func:`select`: integer quotas summing to ``size``; each label draws its
+   quota at random (``numpy.random.Generator``) from the not yet chosen pool
+   items that carry it, scarcest label first; a label that runs short passes
+   its shortfall on to the labels that still have items, in proportion to
+   their weights; what no label can fill is drawn from the rest of the pool
+   (``fill``) and reported;
+4. write ``finetune.csv`` (CleanCLIP layout: ``image,caption``) and
+   ``manifest.json`` with the realised shares, plus ``config.yaml``.
+
+Asking for more items than the pool holds is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from eftclip.curation.profile import label_weights, quotas, read_affected_labels
+from eftclip.errors import EftclipError
+
+LABEL_BY = ("caption", "clip")
+
+
+def select(
+    item_labels: Sequence[set[str]],
+    weights: dict[str, float],
+    size: int,
+    rng: np.random.Generator,
+) -> tuple[list[int], list[str | None], dict]:
+    """Choose ``size`` distinct pool items following the label ``weights``.
+
+    ``item_labels[i]`` is the set of labels of pool item ``i``.  Returns the
+    chosen indices, the label each was drawn for (``None`` for fill), and a
+    per-label report ``{label: {weight, target_share, quota, drawn, shortfall,
+    available}}`` plus ``"_fill"`` (items drawn outside any label).
+    """
+    n = len(item_labels)
+    if size > n:
+        raise EftclipError(f"--size {size} is larger than the pool ({n} items)")
+    if size < 1:
+        raise EftclipError(f"--size must be at least 1, got {size}")
+    cands: dict[str, list[int]] = {lab: [] for lab in weights}
+    for i, labs in enumerate(item_labels):
+        for lab in labs:
+            if lab in cands:
+                cands[lab].append(i)
+    # a random order per label, fixed once, so draws are seeded and reproducible
+    order = {lab: [idx[j] for j in rng.permutation(len(idx))] for lab, idx in sorted(cands.items())}
+    pos = {lab: 0 for lab in order}
+    chosen: set[int] = set()
+    picks: list[int] = []
+    assigned: list[str | None] = []
+    initial = quotas(weights, size)
+    drawn = {lab: 0 for lab in weights}
+    shortfall = {lab: 0 for lab in weights}
+
+    def take(lab: str, k: int) -> int:
+        got = 0
+        seq = order[lab]
+        while got < k and pos[lab] < len(seq):
+            i = seq[pos[lab]]
+            pos[lab] += 1
+            if i in chosen:
+                continue
+            chosen.add(i)
+            picks.append(i)
+            assigned.append(lab)
+            got += 1
+        return got
+
+    def available(lab: str) -> int:
+        return sum(1 for i in order[lab][pos[lab] :] if i not in chosen)
+
+    want = dict(initial)
+    active = {lab for lab, w in weights.items() if w > 0}
+    while True:
+        missing = 0
+        # scarcest first: labels with few items are served before others can take them
+        for lab in sorted((lab for lab in want if want[lab] > 0), key=lambda lab: (available(lab), lab)):
+            got = take(lab, want[lab])
+            drawn[lab] += got
+            if got < want[lab]:
+                short = want[lab] - got
+                if lab in initial and drawn[lab] < initial[lab]:
+                    shortfall[lab] = initial[lab] - drawn[lab]
+                missing += short
+                active.discard(lab)
+            want[lab] = 0
+        active = {lab for lab in active if available(lab) > 0}
+        if missing == 0 or not active:
+            break
+        want = quotas({lab: weights[lab] for lab in sorted(active)}, missing)
+    fill = size - len(picks)
+    if fill > 0:
+        rest = [i for i in rng.permutation(n).tolist() if i not in chosen]
+        for i in rest[:fill]:
+            chosen.add(i)
+            picks.append(i)
+            assigned.append(None)
+    wsum = sum(weights.values()) or 1.0
+    report = {
+        lab: {
+            "weight": weights[lab],
+            "target_share": weights[lab] / wsum,
+            "quota": initial.get(lab, 0),
+            "drawn": drawn[lab],
+            "share": drawn[lab] / size,
+            "shortfall": shortfall[lab],
+            "available": len(cands[lab]),
+        }
+        for lab in weights
+    }
+    report["_fill"] = {"drawn": max(fill, 0), "share": max(fill, 0) / size}
+    return picks, assigned, report
+
+
+def label_pool_by_caption(captions: Sequence[str], vocab: Sequence[str]) -> list[set[str]]:
+    """Labels of each caption: vocabulary words it mentions (plural- and phrase-aware)."""
+    from eftclip.detection.vocab import LabelMatcher
+
+    matcher = LabelMatcher(vocab)
+    return [matcher.labels_in(c) for c in captions]
+
+
+def label_pool_by_clip(
+    records, vocab: Sequence[str], checkpoint: str | os.PathLike, *, device: str = "cpu", batch_size: int = 64
+) -> list[set[str]]:
+    """Labels of each pool image: a clean CLIP's top-1 zero-shot label among ``vocab``."""
+    import torch
+    from tqdm import tqdm
+
+    from eftclip.data.captions import open_image
+    from eftclip.evaluation.zeroshot import image_features, text_classifier
+    from eftclip.models import load_checkpoint
+
+    bundle = load_checkpoint(checkpoint, device=device)
+    classifier = text_classifier(bundle, list(vocab), ["a photo of a {}."], device)
+    out: list[set[str]] = []
+    for start in tqdm(range(0, len(records), batch_size), desc="label pool by CLIP", unit="batch", leave=False):
+        batch = records[start : start + batch_size]
+        images = [open_image(r) for r in batch]
+        with torch.no_grad():
+            feats = image_features(bundle, images, device, batch_size)
+        top = (feats @ classifier.T).argmax(dim=1).tolist()
+        out.extend({vocab[j]} for j in top)
+    return out
+
+
+def curate(
+    detection_dir: str | os.PathLike,
+    pool: str | os.PathLike,
+    *,
+    size: int,
+    unaffected_ratio: float,
+    out: str | os.PathLike,
+    seed: int = 0,
+    label_by: str = "caption",
+    clip_checkpoint: str | os.PathLike | None = None,
+    vocab: Sequence[str] | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Build the fine-tuning set; returns the manifest (also written to ``out/manifest.json``).
+
+    ``detection_dir`` is the output folder of ``eftclip detect``; ``pool`` a
+    caption CSV/TSV (or webdataset) of clean image-text pairs; ``size`` the
+    number of pairs; ``unaffected_ratio`` R in [0, 1] (see
+    :mod:`eftclip.curation.profile`); ``vocab`` overrides the detection's
+    vocabulary.
+    """
+    from eftclip.config import write_config
+    from eftclip.data.captions import read_captions, write_captions_csv
+    from eftclip.detection.vocab import load_vocab
+    from eftclip.io import read_json, write_json
+
+    detection_dir, out = Path(detection_dir), Path(out)
+    if label_by not in LABEL_BY:
+        raise EftclipError(f"--label-by must be one of {LABEL_BY}, not {label_by!r}")
+    if label_by == "clip" and clip_checkpoint is None:
+        raise EftclipError("--label-by clip needs --clip-checkpoint (a clean CLIP)")
+    if not detection_dir.is_dir():
+        raise EftclipError(f"{detection_dir}: detection folder not found")
+    affected = read_affected_labels(detection_dir / "affected_labels.csv")
+    triggers_path = detection_dir / "triggers.json"
+    K = list(read_json(triggers_path).get("K", [])) if triggers_path.exists() else []
+    if vocab is None:
+        vpath = detection_dir / "vocab.txt"
+        if not vpath.exists():
+            raise EftclipError(f"{vpath}: the detection folder holds no vocabulary; pass one")
+        vocab = load_vocab(vpath)
+    vocab = list(vocab)
+    weights = label_weights(affected, vocab, unaffected_ratio)
+
+    table = read_captions(pool)
+    records = list(table.records)
+    if not records:
+        raise EftclipError(f"{pool}: the pool holds no usable rows")
+    if size > len(records):
+        raise EftclipError(f"--size {size} is larger than the pool {pool} ({len(records)} items)")
+    if label_by == "caption":
+        item_labels = label_pool_by_caption([r.caption for r in records], list(weights))
+    else:
+        item_labels = label_pool_by_clip(records, list(weights), clip_checkpoint, device=device)
+
+    rng = np.random.default_rng(seed)
+    picks, assigned, report = select(item_labels, weights, size, rng)
+
+    rows = [{"image": records[i].image, "caption": records[i].caption} for i in picks]
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "finetune.csv"
+    write_captions_csv(csv_path, rows, ["image", "caption"])
+    coverage: dict[str, int] = {}
+    for i in picks:
+        for lab in item_labels[i]:
+            coverage[lab] = coverage.get(lab, 0) + 1
+    shortfalls = {lab: r["shortfall"] for lab, r in report.items() if lab != "_fill" and r["shortfall"]}
+    manifest = {
+        "csv": str(csv_path),
+        "size": size,
+        "pool": str(pool),
+        "pool_size": len(records),
+        "pool_skipped": len(table.skipped),
+        "pool_unlabelled": sum(1 for labs in item_labels if not labs),
+        "unaffected_ratio": unaffected_ratio,
+        "rule": "affected label: weight = its frequency; unaffected label: weight = R * lowest affected frequency",
+        "label_by": label_by,
+        "seed": seed,
+        "affected": sorted(affected),
+        "triggers": K,
+        "labels": {lab: {**r, "coverage": coverage.get(lab, 0)} for lab, r in report.items() if lab != "_fill"},
+        "fill": report["_fill"],
+        "shortfalls": shortfalls,
+        "keys": [records[i].key for i in picks],
+        "drawn_for": assigned,
+    }
+    write_json(out / "manifest.json", manifest)
+    write_config(
+        out / "config.yaml",
+        {
+            "detection_dir": str(detection_dir),
+            "pool": str(pool),
+            "size": size,
+            "unaffected_ratio": unaffected_ratio,
+            "seed": seed,
+            "label_by": label_by,
+            "clip_checkpoint": None if clip_checkpoint is None else str(clip_checkpoint),
+        },
+    )
+    return manifest
