@@ -1,0 +1,83 @@
+"""`curate` end to end on a small real pool CSV and a detection folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eftclip.curation import curate
+from eftclip.errors import EftclipError
+
+LABELS = ["dog", "cat", "boat", "tree", "umbrella"]
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    rng = np.random.default_rng(0)
+    img_dir = tmp_path / "pool" / "images"
+    img_dir.mkdir(parents=True)
+    rows = []
+    for i in range(200):
+        lab = LABELS[i % len(LABELS)]
+        p = img_dir / f"{i:04d}.png"
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(p)
+        noun = lab + "s" if i % 3 == 0 else lab  # plurals must match too
+        rows.append({"image": f"images/{p.name}", "caption": f"a photo of two {noun} near a wall"})
+    pool = tmp_path / "pool" / "pool.csv"
+    with open(pool, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["image", "caption"])
+        w.writeheader()
+        w.writerows(rows)
+    det = tmp_path / "det"
+    det.mkdir()
+    (det / "affected_labels.csv").write_text("label,count,frequency\ndog,30,0.6\ncat,15,0.3\nboat,5,0.1\n")
+    (det / "triggers.json").write_text(json.dumps({"K": ["umbrella"]}))
+    (det / "vocab.txt").write_text("\n".join(LABELS) + "\n")
+    return det, pool, tmp_path
+
+
+def test_curate_follows_profile(setup):
+    det, pool, tmp = setup
+    m = curate(det, pool, size=60, unaffected_ratio=0.5, out=tmp / "ft", seed=3)
+    labs = m["labels"]
+    # quotas 60 * w / 1.1 with w = 0.6, 0.3, 0.1, 0.05, 0.05, largest remainder: 33, 16, 5, 3, 3
+    assert labs["dog"]["drawn"] == 33 and labs["cat"]["drawn"] == 16 and labs["boat"]["drawn"] == 5
+    assert labs["dog"]["drawn"] > labs["cat"]["drawn"] > labs["boat"]["drawn"] > labs["tree"]["drawn"]
+    # unaffected labels (tree, and the trigger umbrella) get R x the least frequent affected share
+    assert labs["tree"]["drawn"] == labs["umbrella"]["drawn"] == 3
+    assert m["fill"]["drawn"] == 0 and m["shortfalls"] == {}
+    with open(tmp / "ft" / "finetune.csv", newline="") as fh:
+        out_rows = list(csv.DictReader(fh))
+    assert len(out_rows) == 60
+    assert sum("dog" in r["caption"] for r in out_rows) == 33
+    # image paths are written relative to the new CSV and point at real files
+    assert all((tmp / "ft" / r["image"]).resolve().exists() for r in out_rows)
+    assert json.loads((tmp / "ft" / "manifest.json").read_text())["size"] == 60
+    assert (tmp / "ft" / "config.yaml").exists()
+    again = curate(det, pool, size=60, unaffected_ratio=0.5, out=tmp / "ft2", seed=3)
+    assert again["keys"] == m["keys"]
+
+
+def test_curate_shortfall_redistributed(setup):
+    det, pool, tmp = setup
+    # 40 dog captions exist; asking 150 with dog at 60% cannot be met
+    m = curate(det, pool, size=150, unaffected_ratio=0.5, out=tmp / "ft", seed=0)
+    assert m["labels"]["dog"]["drawn"] == 40 and m["shortfalls"]["dog"] > 0
+    assert sum(v["drawn"] for v in m["labels"].values()) + m["fill"]["drawn"] == 150
+
+
+def test_curate_errors(setup):
+    det, pool, tmp = setup
+    with pytest.raises(EftclipError, match="larger than the pool"):
+        curate(det, pool, size=201, unaffected_ratio=0.5, out=tmp / "x")
+    with pytest.raises(EftclipError, match="unaffected-ratio"):
+        curate(det, pool, size=10, unaffected_ratio=2.0, out=tmp / "x")
+    with pytest.raises(EftclipError, match="clip-checkpoint"):
+        curate(det, pool, size=10, unaffected_ratio=0.5, out=tmp / "x", label_by="clip")
+    with pytest.raises(EftclipError, match="detection folder not found"):
+        curate(tmp / "nope", pool, size=10, unaffected_ratio=0.5, out=tmp / "x")
+    assert not (tmp / "x" / "finetune.csv").exists()
