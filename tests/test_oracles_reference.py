@@ -1,0 +1,122 @@
+"""The reference oracle: class-agnostic regions + a clean labeller, no ground truth."""
+
+import numpy as np
+import pytest
+
+from eftclip.errors import EftclipError
+from eftclip.oracles import create_oracle
+from eftclip.oracles.base import mask_to_box
+from eftclip.oracles.reference import REGIONERS
+
+
+class ColourLabeller:
+    """A real (if simple) clean classifier: names a crop by its dominant colour."""
+
+    classnames = ["red square", "blue disc", "background"]
+    colours = np.array([[220, 30, 30], [30, 30, 220], [235, 235, 235]], dtype=np.float64)
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, crops):
+        self.calls += 1
+        means = np.stack([c.reshape(-1, 3).mean(0) for c in crops])
+        d = ((means[:, None, :] - self.colours[None]) ** 2).sum(-1)
+        logits = -d / 500.0
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+
+def scene():
+    im = np.full((96, 128, 3), 235, np.uint8)
+    im[10:40, 12:42] = (220, 30, 30)  # red square
+    yy, xx = np.mgrid[:96, :128]
+    im[(yy - 64) ** 2 + (xx - 90) ** 2 <= 15**2] = (30, 30, 220)  # blue disc
+    return im
+
+
+@pytest.mark.parametrize("regions", ["foreground", "felzenszwalb"])
+def test_finds_objects_by_region_and_reports_unknown(regions):
+    lab = ColourLabeller()
+    o = create_oracle("reference", labeller=lab, regions=regions, wordnet=False)
+    res = o.find(scene(), ["red square", "blue disc", "umbrella"])
+    assert res.unknown == ["umbrella"]  # the labeller cannot name it: reported, not dropped
+    red, blue = res.best("red square"), res.best("blue disc")
+    assert red is not None and red.score > 0.9
+    assert blue is not None and blue.score > 0.9
+    x1, y1, x2, y2 = red.box_xyxy
+    assert abs(x1 - 12) <= 4 and abs(y1 - 10) <= 4 and abs(x2 - 42) <= 4 and abs(y2 - 40) <= 4
+    bx1, by1, bx2, by2 = blue.box_xyxy
+    assert 70 <= bx1 <= 80 and 100 <= bx2 <= 110 and 44 <= by1 <= 54
+    assert red.mask is not None and red.mask.shape == (96, 128) and red.mask.dtype == bool
+    assert mask_to_box(red.mask) == red.box_xyxy  # the box is the region's own
+    for f in res.found:
+        assert 0.0 <= f.score <= 1.0 and f.label in ("red square", "blue disc")
+
+
+def test_no_object_no_finding():
+    lab = ColourLabeller()
+    o = create_oracle("reference", labeller=lab, regions="foreground", wordnet=False)
+    plain = np.full((64, 64, 3), 235, np.uint8)
+    res = o.find(plain, ["red square"])
+    assert res.best("red square") is None or res.best("red square").score < 0.5
+
+
+def test_grid_and_slic_regions_are_inside_the_image():
+    im = scene()
+    for name in ("grid", "slic"):
+        regs = REGIONERS[name](im)
+        assert regs
+        for r in regs:
+            x1, y1, x2, y2 = r.box_xyxy
+            assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 96
+
+
+def test_batch_matches_single():
+    lab = ColourLabeller()
+    o = create_oracle("reference", labeller=lab, regions="foreground", wordnet=False)
+    im = scene()
+    one = o.find(im, ["blue disc"])
+    two = o.find_batch([im, im[:, ::-1].copy()], [["blue disc"], ["red square", "blue disc"]])
+    assert [f.box_xyxy for f in two[0].found] == [f.box_xyxy for f in one.found]
+    assert two[1].best("red square").box_xyxy[0] > 64  # mirrored scene
+
+
+def test_bad_configuration():
+    with pytest.raises(EftclipError, match="exactly one labeller"):
+        create_oracle("reference")
+    with pytest.raises(EftclipError, match="unknown region method"):
+        create_oracle("reference", labeller=ColourLabeller(), regions="voronoi", wordnet=False)
+    with pytest.raises(EftclipError, match="classnames"):
+        create_oracle("reference", labeller=object(), wordnet=False)
+
+    class Broken(ColourLabeller):
+        def __call__(self, crops):
+            return np.zeros((len(crops), 2))
+
+    o = create_oracle("reference", labeller=Broken(), regions="foreground", wordnet=False)
+    with pytest.raises(EftclipError, match="shape"):
+        o.find(scene(), ["red square"])
+
+
+def test_clean_open_clip_labeller_from_checkpoint(tmp_path):
+    torch = pytest.importorskip("torch")
+    from eftclip.models import create_model, save_checkpoint
+
+    bundle = create_model("eftclip-tiny-vit")
+    path = save_checkpoint(bundle.model, tmp_path / "clean.safetensors", model_name="eftclip-tiny-vit")
+    o = create_oracle(
+        "reference", labeller_checkpoint=str(path), vocabulary=["tree", "house", "umbrella"],
+        regions="foreground", min_score=0.0,
+    )
+    res = o.find(scene(), ["red square", "blue disc"])
+    assert res.unknown == []  # an open-vocabulary labeller can score any prompt
+    assert {f.label for f in res.found} == {"red square", "blue disc"}
+    for f in res.found:
+        assert 0.0 <= f.score <= 1.0
+        x1, y1, x2, y2 = f.box_xyxy
+        assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 96
+    # probabilities of one crop over prompts + vocabulary sum to one, so the prompts' share is < 1
+    lab = o.scorer.labeller
+    p = lab.probs([scene()[10:40, 12:42]], ["red square", "blue disc", "tree", "house", "umbrella"])
+    assert p.shape == (1, 5) and np.isclose(p.sum(), 1.0)
