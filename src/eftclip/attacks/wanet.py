@@ -85,7 +85,7 @@ class WaNetTrigger(Trigger):
             jitter[..., 0] /= W
             jitter[..., 1] /= H
             grid = (grid + torch.from_numpy(jitter)).clamp(-1.0, 1.0)
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]  # a copy: the input may be read-only
         with torch.no_grad():
             y = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
         out = y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
