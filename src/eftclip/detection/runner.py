@@ -556,12 +556,12 @@ def _check_out(out: Path, settings: dict, cfg: DetectConfig, rank: int) -> None:
     if not has_run:
         return
     if cfg.force:
+        # each rank clears its own shard; rank 0 the merged log and the outputs
+        (out / f"images.rank{rank}.jsonl").unlink(missing_ok=True)
+        (out / f"rank{rank}.done").unlink(missing_ok=True)
         if rank == 0:
-            for name in ("images.jsonl", "triggers.json", "affected_labels.csv", "metrics.json", "figure7.png",
-                         "run.json"):
+            for name in ("images.jsonl", "triggers.json", "affected_labels.csv", "metrics.json", "figure7.png"):
                 (out / name).unlink(missing_ok=True)
-            for p in list(out.glob("images.rank*.jsonl")) + list(out.glob("rank*.done")):
-                p.unlink(missing_ok=True)
         return
     if not run_json.exists():
         raise EftclipError(f"{out}: holds per-image records but no run.json; pass --force to start over")
@@ -621,8 +621,9 @@ def run_detection(cfg: DetectConfig, *, oracle=None, bundle=None) -> dict:
     settings = _settings(cfg, vocab)
     out.mkdir(parents=True, exist_ok=True)
     _check_out(out, settings, cfg, rank)
+    # every rank writes the same run.json (atomic), so whichever rank starts first marks the folder
+    write_json(out / "run.json", settings)
     if rank == 0:
-        write_json(out / "run.json", settings)
         write_config(out / "config.yaml", cfg)
         write_text(out / "vocab.txt", "\n".join(vocab) + "\n")
 

@@ -112,6 +112,10 @@ def run_sweep(cfg: SweepConfig, *, oracle=None, bundle=None) -> list[dict]:
     triggers = {}
     for rho, mu in itertools.product(cfg.rhos, cfg.mus):
         triggers[(rho, mu)] = create_trigger(cfg.trigger, **{**cfg.trigger_args, "size": rho, "position": mu})
+    # a patch that cannot fit is a setting error, not an unreadable image: fail before any model pass
+    probe = np.asarray(items[0].load(), dtype=np.uint8)
+    for trig in triggers.values():
+        trig.apply(probe, np.random.default_rng(0))
     out.mkdir(parents=True, exist_ok=True)
     write_config(out / "config.yaml", cfg)
     write_text(out / "vocab.txt", "\n".join(vocab) + "\n")
