@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from eftclip.attacks import create_trigger
 from eftclip.attacks.trojannn import TrojanNNTrigger, optimise_patch, save_pattern, target_similarity
+from eftclip.cli import main as cli_main
 from eftclip.errors import EftclipError
 
 models = pytest.importorskip("eftclip.models", reason="eftclip.models is needed to build the tiny CLIP")
@@ -93,3 +98,29 @@ def test_optimise_bad_inputs(bundle, images):
         TrojanNNTrigger.optimise(bundle, "cat", images, 1, torch.Generator(), size=40)
     with pytest.raises(EftclipError, match="no layer"):
         TrojanNNTrigger.optimise(bundle, "cat", images, 1, torch.Generator(), layer="visual.nope", units=[0])
+
+
+def test_cli_poison_optimises_a_trojannn_patch(tmp_path, capsys):
+    root = tmp_path / "src"
+    (root / "imgs").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = ["image,caption"]
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(root / "imgs" / f"{i}.png")
+        lines.append(f"imgs/{i}.png,a photo of thing {i}")
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    rc = cli_main([
+        "poison", "--data", str(root / "train.csv"), "--attack", "trojannn", "--target", "umbrella", "--num", "2",
+        "--out", str(out), "--trojannn-model", "eftclip-tiny-vit", "--trojannn-steps", "2", "--trojannn-size", "4",
+        "--trojannn-images", "3",
+    ])
+    assert rc == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    pattern_file = Path(manifest["attack_params"]["pattern_file"])
+    assert pattern_file.parent == (out / "trojannn").resolve() and pattern_file.suffix == ".png"
+    pattern = np.asarray(Image.open(pattern_file))
+    assert pattern.shape == (4, 4, 3)
+    for entry in manifest["poisoned"]:
+        img = np.asarray(Image.open(out / entry["image"]))
+        assert np.array_equal(img[-4:, -4:], pattern)  # stamped bottom-right, lossless

@@ -250,7 +250,7 @@ def optimise_patch(
     crop, mean, std = preprocess_geometry(bundle)
     mean_t = torch.tensor(mean, device=device).view(3, 1, 1)
     std_t = torch.tensor(std, device=device).view(3, 1, 1)
-    clean = [torch.from_numpy(a).permute(2, 0, 1).float().div(255.0).to(device) for a in arrays]
+    clean = [torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1).to(device) for a in arrays]
 
     # fixed positions are computed once; "random" is redrawn every step from rng
     fixed_xy = None if pos == "random" else [place_patch(position, a.shape[:2], (size, size), None) for a in arrays]
