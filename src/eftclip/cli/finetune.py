@@ -1,0 +1,37 @@
+"""``eftclip finetune``: CleanCLIP (or plain CLIP) fine-tuning of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from eftclip.training.cli_args import add_config_flags, config_from_args
+from eftclip.training.config import FinetuneConfig
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a CLIP checkpoint with CleanCLIP's objective (or plain CLIP)",
+        description=(
+            "--objective cleanclip: multimodal contrastive loss (weight --clip-weight) plus in-modal "
+            "self-supervision (weight --inmodal-weight): each image against its AutoAugment view, each "
+            "caption against its EDA variant. --objective clip: contrastive loss only. "
+            "--subset N --subset-seed S fine-tunes on a random subset of N pairs (the CleanCLIP baseline). "
+            "--batch-size is PER PROCESS. Paper defaults: 10 epochs, batch 64, lr 1e-5, 50 warm-up steps."
+        ),
+    )
+    add_config_flags(parser, FinetuneConfig)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from eftclip.training import finetune
+    from eftclip.training.distributed import world_from_env
+
+    cfg = config_from_args(args, FinetuneConfig)
+    summary = finetune(cfg)
+    if world_from_env()[0] == 0:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
