@@ -269,3 +269,15 @@ def test_badnet_on_a_real_cifar_image():
     assert np.array_equal(res.mask, expected)
     diff = changed(res.image, img)
     assert not diff[~expected].any() and diff[expected].mean() > 0.5
+
+
+def test_wanet_on_a_real_cifar_image_is_subtle():
+    path = SHARED / "cifar10" / "test" / "cat" / "0000.jpg"
+    if not path.exists():
+        pytest.skip(f"real CIFAR-10 image not found at {path} (needs ../shared/data beside the repo)")
+    img = np.asarray(Image.open(path).convert("RGB"))
+    res = create_trigger("wanet").apply(img, np.random.default_rng(0))
+    delta = np.abs(res.image.astype(int) - img.astype(int))
+    # imperceptible on a natural image: a few grey levels on average, but really there
+    assert 0.2 < delta.mean() < 10, delta.mean()  # measured 5.6 with the defaults
+    assert res.mask.mean() > 0.3 and np.array_equal(res.mask, changed(res.image, img))
