@@ -111,6 +111,16 @@ def test_shard_specs_that_match_nothing(tmp_path, shards):
     with pytest.raises(EftclipError, match=r"empty_folder: folder holds no \.tar shards"):
         read_captions(tmp_path / "empty_folder")
     assert [p.name for p in resolve_shards(folder)] == ["000.tar", "001.tar", "002.tar"]
+    with pytest.raises(EftclipError, match=r"README\.md: not a \.tar shard"):
+        read_captions(f"{folder}/*")
+
+
+def test_csv_with_glob_characters_in_its_name_is_still_a_csv(tmp_path):
+    Image.new("RGB", (3, 3)).save(tmp_path / "a.png")
+    path = tmp_path / "runs[1].csv"
+    path.write_text("image,caption\na.png,hello\n")
+    table = read_captions(path)
+    assert table.format == "cleanclip" and table[0].caption == "hello"
 
 
 def test_other_members_become_extra_and_json_sets_the_flag(tmp_path):

@@ -313,7 +313,7 @@ def _finish(pending: list[_Pending], source: str, on_error: str, check_images: b
     skipped: list[SkippedRow] = []
     verdicts: dict[str, str | None] = {}  # image ref -> None (fine) or reason; shared by repeats
     to_check = sum(1 for p in pending if p.record is not None) if check_images else 0
-    bar = tqdm(total=to_check, desc="checking images", unit="img", disable=to_check < _PROGRESS_MIN)
+    bar = tqdm(total=to_check, desc="checking images", unit="img", mininterval=1.0, disable=to_check < _PROGRESS_MIN)
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(pending), _CHECK_CHUNK):

@@ -21,7 +21,7 @@ import tarfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from PIL import Image
 
@@ -183,23 +183,24 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.copy() if im.mode == "RGB" else im.convert("RGB")
 
 
-def check_image(source: str | bytes | IO[bytes]) -> str | None:
+def check_image(source: str | os.PathLike | bytes) -> str | None:
     """Try to decode an image; return None when it is fine, else a short reason.
 
-    ``source`` is a path or the encoded bytes.  PNG gets ``verify()`` (CRC
-    checks) and both formats are really decoded; JPEGs are decoded at reduced
-    scale (``draft``), which still reads every entropy-coded byte, so truncated
-    and garbled files are caught at a fraction of the cost of a full decode.
+    ``source`` is a path or the encoded bytes (read once either way).  PNGs
+    also get ``verify()`` (chunk CRCs); every image is then really decoded.
+    JPEGs are decoded at reduced scale (``draft``), which still reads every
+    entropy-coded byte, so truncated and garbled files are caught at a fraction
+    of the cost of a full decode.
     """
-    def opener():
-        if isinstance(source, bytes):
-            return Image.open(io.BytesIO(source))
-        return Image.open(source)
-
     try:
-        with opener() as im:
-            im.verify()
-        with opener() as im:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    except OSError as exc:
+        return f"cannot be read ({_describe(exc)})"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format == "PNG":
+                im.verify()
+        with Image.open(io.BytesIO(data)) as im:
             if im.format == "JPEG":
                 im.draft("RGB", (1, 1))
             im.load()

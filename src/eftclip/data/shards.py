@@ -82,6 +82,10 @@ def is_shard_spec(path: str | os.PathLike) -> bool:
     text = os.fspath(path)
     if os.path.isdir(text):
         return True
+    if os.path.isfile(text):
+        # an existing file is a shard only by its extension, so that a CSV named
+        # "runs[1].csv" is not mistaken for a glob
+        return text.lower().endswith(".tar")
     if "{" in text or any(ch in _GLOB_CHARS for ch in text):
         return True
     return text.lower().endswith(".tar")
@@ -112,6 +116,9 @@ def resolve_shards(spec: str | os.PathLike) -> list[Path]:
             if not os.path.isfile(part):
                 raise EftclipError(f"{part}: tar shard not found")
             shards.append(Path(part))
+    for shard in shards:
+        if shard.suffix.lower() != ".tar":
+            raise EftclipError(f"{shard}: not a .tar shard (webdataset shards are uncompressed .tar files)")
     return [Path(os.path.abspath(p)) for p in shards]
 
 
