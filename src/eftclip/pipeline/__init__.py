@@ -1,0 +1,1 @@
+"""Whole-story pipelines: ``eftclip demo`` (built-in world) and ``eftclip study`` (YAML)."""

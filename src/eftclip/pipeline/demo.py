@@ -1,0 +1,221 @@
+"""``eftclip demo``: the whole defense on the built-in world, in one command.
+
+Stages (each resumable; see :mod:`eftclip.pipeline.stages`):
+
+1. make the world (:func:`eftclip.world.synth`);
+2. pre-train the clean CLIP ("original CLIP" row);
+3. build the trigger (TrojanNN-style: a patch optimised against the clean CLIP,
+   standing in for the attacker's surrogate model);
+4. poison the training captions; 5. pre-train the poisoned CLIP;
+6. evaluate CA/ASR of both;
+7. build the detection set (clean scenes, a share of them triggered, ground
+   truth kept) and 8. train the world oracle's region classifier on the clean
+   reference split only;
+9. detect triggers and affected labels with the ``reference`` oracle;
+10. curate the compact fine-tuning set; 11-13. fine-tune with EftCLIP, with
+    CleanCLIP on a random clean subset of the same size, and on a larger one;
+14. evaluate the defenses and write ``report.md``, ``metrics.json`` and figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eftclip.errors import EftclipError
+from eftclip.io import write_json
+from eftclip.pipeline import steps
+from eftclip.pipeline.stages import StageRunner
+
+# trigger parameters scaled to the world's 32 px images (the registry's defaults
+# are for 224 px photos); --attack-param overrides any of them
+ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "badnet": {"pattern": "noise", "size": 6, "position": "random"},
+    "blended": {"alpha": 0.2},
+    "wanet": {"k": 4, "s": 0.5},
+    "trojannet": {"cell": 2, "position": "random"},
+    "trojannn": {"size": 6, "position": "random"},
+}
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """How a world CLIP is pre-trained from scratch (measured to fit the demo's budget)."""
+
+    model: str = "eftclip-world-rn"  # open_clip architecture (a project config)
+    epochs: int = 12  # passes over the world's training scenes
+    batch_size: int = 128  # contrastive batch
+    lr: float = 2e-3  # peak learning rate (cosine schedule)
+    warmup: int = 50  # warm-up steps
+    weight_decay: float = 0.1  # AdamW decay
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """How the poisoned world CLIP is fine-tuned (EftCLIP and CleanCLIP alike)."""
+
+    size: int = 1000  # fine-tuning pairs (EftCLIP's curated set and CleanCLIP's random subset)
+    large_size: int = 4000  # the larger random subset, as the paper's CleanCLIP used (0 = skip)
+    epochs: int = 10  # passes over the fine-tuning set
+    batch_size: int = 64  # batch (the paper's 64)
+    lr: float = 5e-4  # peak learning rate (a tiny model from scratch needs more than the paper's 1e-5)
+    warmup: int = 10  # warm-up steps
+    unaffected_ratio: float = 0.25  # R: share given to labels the detection did not find affected
+
+
+@dataclass(frozen=True)
+class DetectRecipe:
+    """Detection settings on the world."""
+
+    scenes: int = 600  # scenes in the detection set (clean + triggered)
+    triggered_share: float = 0.5  # share of them that carry the trigger (ground truth kept)
+    tau: int = 5  # CLIP's list length
+    theta: float = 0.5  # oracle confidence threshold
+    mode: str = "robust"  # robust | faithful (see eftclip.detection.algorithms)
+    oracle_seconds: float = 20.0  # training budget of the region classifier
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything `eftclip demo` does; written to ``DIR/config.yaml``."""
+
+    out: str = "runs/demo"  # output folder
+    attack: str = "badnet"  # trigger name (eftclip.attacks.TRIGGERS)
+    attack_params: dict = field(default_factory=dict)  # overrides of ATTACK_DEFAULTS[attack]
+    target: str = "umbrella"  # target category (one of the world's)
+    seed: int = 0  # world, poisoning, training and detection randomness derive from it
+    poison_rate: float = 0.02  # share of training pairs poisoned
+    quick: bool = False  # smaller world and fewer steps (CI): only effect directions are meaningful
+    world_size: str = "default"  # world preset (eftclip.world.SIZES)
+    templates: tuple = ("a photo of a {}.",)  # zero-shot prompt templates
+    model: ModelRecipe = field(default_factory=ModelRecipe)  # pre-training recipe
+    finetune: FinetuneRecipe = field(default_factory=FinetuneRecipe)  # fine-tuning recipe
+    detect: DetectRecipe = field(default_factory=DetectRecipe)  # detection settings
+    device: str = "auto"  # torch device
+
+
+def quick_config(**overrides: Any) -> DemoConfig:
+    """The ``--quick`` variant: a small world and short training (effects' directions only)."""
+    base = DemoConfig(
+        quick=True,
+        world_size="quick",
+        poison_rate=0.05,
+        model=ModelRecipe(epochs=6),
+        finetune=FinetuneRecipe(size=300, large_size=0, epochs=5),
+        detect=DetectRecipe(scenes=160, oracle_seconds=8.0),
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def run_demo(cfg: DemoConfig, *, resume: bool = False, force: bool = False) -> dict:
+    """Run (or continue) the demo in ``cfg.out``; return the metrics written to ``metrics.json``."""
+    from eftclip.attacks import TRIGGERS
+    from eftclip.world import DEFAULT_CATEGORIES
+
+    if cfg.attack not in TRIGGERS:
+        raise EftclipError(f"--attack: unknown attack '{cfg.attack}' (known: {', '.join(sorted(TRIGGERS))})")
+    if cfg.target not in DEFAULT_CATEGORIES:
+        raise EftclipError(
+            f"--target: '{cfg.target}' is not a category of the built-in world "
+            f"(categories: {', '.join(DEFAULT_CATEGORIES)})")
+    if not 0 < cfg.poison_rate < 1:
+        raise EftclipError(f"--poison-rate must be in (0, 1), got {cfg.poison_rate}")
+
+    from eftclip.config import to_dict, write_config
+
+    out = Path(cfg.out)
+    runner = StageRunner(out, kind="demo", config=to_dict(cfg), total=14, resume=resume, force=force)
+    write_config(out / "config.yaml", cfg)
+    t_start = time.perf_counter()
+    trigger_params = {**ATTACK_DEFAULTS.get(cfg.attack, {}), **cfg.attack_params}
+    ctx = steps.Context(out=out, seed=cfg.seed, device=cfg.device, templates=list(cfg.templates),
+                        target=cfg.target)
+
+    world = runner.run("world", lambda: steps.make_world(ctx, size=cfg.world_size), label="make the world")
+    ctx.world = world
+    clean = runner.run("train_clean", lambda: steps.pretrain(ctx, "clean", world["train_csv"], cfg.model),
+                       label="pre-train the clean CLIP")
+    trig = runner.run("trigger", lambda: steps.build_trigger(ctx, cfg.attack, trigger_params, clean["checkpoint"]),
+                      label=f"build the {cfg.attack} trigger")
+    poisoned_data = runner.run(
+        "poison", lambda: steps.poison(ctx, world["train_csv"], trig, rate=cfg.poison_rate, name="train"),
+        label=f"poison {cfg.poison_rate:.1%} of the training pairs")
+    poisoned = runner.run("train_poisoned",
+                          lambda: steps.pretrain(ctx, "poisoned", poisoned_data["csv"], cfg.model),
+                          label="pre-train the poisoned CLIP")
+    before = runner.run("evaluate_before", lambda: {
+        "clean": steps.evaluate(ctx, clean["checkpoint"], trig),
+        "poisoned": steps.evaluate(ctx, poisoned["checkpoint"], trig),
+    }, label="evaluate CA and ASR of both")
+    detect_set = runner.run(
+        "detect_set",
+        lambda: steps.detection_set(ctx, trig, scenes=cfg.detect.scenes, share=cfg.detect.triggered_share),
+        label="build the mixed detection set")
+    oracle = runner.run("oracle", lambda: steps.train_oracle(ctx, seconds=cfg.detect.oracle_seconds),
+                        label="train the world oracle (clean reference split only)")
+    detection = runner.run("detect", lambda: steps.detect(ctx, poisoned["checkpoint"], detect_set["csv"],
+                                                          oracle, cfg.detect),
+                           label="detect triggers and affected labels")
+    curated = runner.run("curate", lambda: steps.curate(ctx, detection["dir"], cfg.finetune),
+                         label="curate the compact fine-tuning set")
+    defenses: dict[str, Any] = {}
+    defenses["eftclip"] = runner.run(
+        "finetune_eftclip",
+        lambda: steps.finetune(ctx, "eftclip", poisoned["checkpoint"], curated["csv"], cfg.finetune),
+        label="fine-tune with EftCLIP")
+    defenses["cleanclip"] = runner.run(
+        "finetune_cleanclip",
+        lambda: steps.finetune(ctx, "cleanclip", poisoned["checkpoint"], world["pool_csv"], cfg.finetune,
+                               subset=cfg.finetune.size),
+        label=f"fine-tune with CleanCLIP ({cfg.finetune.size} random pairs)")
+    if cfg.finetune.large_size:
+        defenses["cleanclip_large"] = runner.run(
+            "finetune_cleanclip_large",
+            lambda: steps.finetune(ctx, "cleanclip_large", poisoned["checkpoint"], world["pool_csv"], cfg.finetune,
+                                   subset=cfg.finetune.large_size),
+            label=f"fine-tune with CleanCLIP ({cfg.finetune.large_size} random pairs)")
+    else:
+        runner.index += 1
+    after = runner.run("evaluate_after", lambda: {
+        name: steps.evaluate(ctx, d["checkpoint"], trig) for name, d in defenses.items()
+    }, label="evaluate the defenses")
+
+    metrics = {
+        "attack": {"name": cfg.attack, "params": trig["params"]},
+        "target": cfg.target,
+        "seed": cfg.seed,
+        "quick": cfg.quick,
+        "clean": steps.summary(before["clean"]),
+        "poisoned": steps.summary(before["poisoned"]),
+        "detection": steps.detection_summary(detection, cfg.target),
+        "defenses": {
+            name: {**steps.summary(after[name]), "finetune_pairs": d["pairs"], "seconds": d["seconds"]}
+            for name, d in defenses.items()
+        },
+        "stage_seconds": dict(runner.seconds),
+        "seconds": runner.total_seconds(),
+        "wall_seconds_this_invocation": time.perf_counter() - t_start,
+    }
+    runner.index = 13
+    runner.run("report", lambda: steps.write_report(out, metrics, before=before, after=after,
+                                                    detection=detection, curated=curated),
+               label="write report.md, metrics.json and figures")
+    metrics["seconds"] = runner.total_seconds()
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def config_from_flags(*, quick: bool, **flags: Any) -> DemoConfig:
+    """Build the config the CLI asks for: quick or default, then the given flags."""
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if quick:
+        return quick_config(**flags)
+    return DemoConfig(**flags)
+
+
+def as_json(cfg: DemoConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)

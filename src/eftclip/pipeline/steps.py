@@ -1,0 +1,267 @@
+"""The stage functions that ``demo`` and ``study`` chain.
+
+Each takes a :class:`Context` (where outputs go, the seed, the device, the
+target) and returns plain JSON data (paths as strings, numbers), which the
+stage runner stores so that a resumed pipeline gets the same values back
+without redoing the work.  Sub-runs keep their own resumability: training
+resumes from its last checkpoint, detection from its last written image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eftclip.errors import EftclipError
+
+
+@dataclass
+class Context:
+    """Where one pipeline writes, and what it is about."""
+
+    out: Path  # the pipeline's output folder
+    seed: int  # base seed: every random choice derives from it
+    device: str  # torch device ("auto", "cpu", "cuda")
+    templates: list[str]  # zero-shot prompt templates
+    target: str  # the attack's target label
+    world: dict = field(default_factory=dict)  # paths of the world / dataset parts (set by a stage)
+    eval_dir: str | None = None  # zero-shot ImageFolder; defaults to world["eval"]
+    classnames: str | None = None  # class names spec for the eval folder; defaults to world["classnames"]
+    progress: bool = True  # show progress bars
+
+    def eval_spec(self) -> tuple[str, str]:
+        return (self.eval_dir or str(self.world["eval"]), self.classnames or str(self.world["classnames"]))
+
+
+# --------------------------------------------------------------------------- world and data
+
+
+def make_world(ctx: Context, *, size: str) -> dict:
+    from eftclip.world import synth, world_paths
+
+    root = ctx.out / "world"
+    if (root / "world.json").exists():  # a finished world from an interrupted stage
+        return {k: str(v) for k, v in world_paths(root).items()}
+    paths = synth(root, seed=ctx.seed, size=size, overwrite=True)
+    return {k: str(v) for k, v in paths.items()}
+
+
+def build_trigger(ctx: Context, attack: str, params: dict, surrogate_checkpoint: str | None) -> dict:
+    """Resolve the trigger's parameters; TrojanNN-style optimises its patch first.
+
+    Returns ``{"name", "params"}`` from which :func:`make_trigger` rebuilds it.
+    """
+    from eftclip.attacks import create_trigger
+
+    params = dict(params)
+    if attack == "trojannn" and "pattern_file" not in params:
+        import numpy as np
+        import torch
+
+        from eftclip.attacks.trojannn import TrojanNNTrigger, save_pattern
+        from eftclip.data.zeroshot import ImageFolderSet
+        from eftclip.models import load_checkpoint
+
+        if surrogate_checkpoint is None:
+            raise EftclipError("the trojannn attack needs a surrogate model to optimise its patch against")
+        bundle = load_checkpoint(surrogate_checkpoint)
+        eval_dir, classnames = ctx.eval_spec()
+        dataset = ImageFolderSet(eval_dir, classnames=classnames)
+        rng = np.random.default_rng([ctx.seed, 17])
+        picks = rng.choice(len(dataset), size=min(256, len(dataset)), replace=False)
+        images = [np.asarray(dataset.load(int(i))) for i in picks]
+        gen = torch.Generator().manual_seed(ctx.seed)
+        size = int(params.get("size", 6))
+        pattern = TrojanNNTrigger.optimise(bundle, ctx.target, images, steps=int(params.pop("steps", 150)), rng=gen,
+                                           size=size, position=str(params.get("position", "random")),
+                                           progress=ctx.progress)
+        path = save_pattern(pattern, ctx.out / "trigger" / "trojannn_pattern.png")
+        params["pattern_file"] = str(path)
+    trigger = create_trigger(attack, **params)  # validates the parameters now, not mid-run
+    return {"name": attack, "params": trigger.params()}
+
+
+def make_trigger(trig: dict):
+    from eftclip.attacks import create_trigger
+
+    params = {k: v for k, v in trig["params"].items() if k != "name"}
+    return create_trigger(trig["name"], **params)
+
+
+def poison(ctx: Context, csv: str, trig: dict, *, rate: float | None = None, num: int | None = None,
+           name: str, seed_offset: int = 0) -> dict:
+    from eftclip.attacks.poison import poison_dataset
+
+    out = ctx.out / "poisoned" / name
+    manifest = poison_dataset(csv, make_trigger(trig), ctx.target, rate=rate, num=num, out=out,
+                              seed=ctx.seed + seed_offset, force=True, progress=ctx.progress)
+    return {"csv": str(out / "data.csv"), "manifest": str(out / "manifest.json"),
+            "poisoned": int(manifest.get("counts", {}).get("poisoned", 0))}
+
+
+def detection_set(ctx: Context, trig: dict, *, scenes: int, share: float) -> dict:
+    """A mixed detection set from the world's held-apart clean scenes: ``share`` of them triggered.
+
+    Poisoning machinery is reused so the CSV has the ``is_poisoned`` ground truth;
+    captions do not matter to detection (the detector never reads them as truth).
+    """
+    from eftclip.data.captions import read_captions, write_captions_csv
+
+    table = read_captions(ctx.world["detect_csv"])
+    if scenes > len(table.records):
+        raise EftclipError(f"the detection set asks for {scenes} scenes; the world's detect split has "
+                           f"{len(table.records)}")
+    subset = ctx.out / "detect_set" / "source.csv"
+    write_captions_csv(subset, [{"image": r.image, "caption": r.caption} for r in table.records[:scenes]],
+                       ["image", "caption"])
+    result = poison(ctx, str(subset), trig, num=max(1, int(round(share * scenes))), name="detect", seed_offset=101)
+    return result
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _device(ctx: Context) -> str:
+    return ctx.device
+
+
+def pretrain(ctx: Context, name: str, csv: str, recipe: Any) -> dict:
+    from eftclip.training import TrainConfig, train
+
+    out = ctx.out / "models" / name
+    cfg = TrainConfig(
+        data=csv, model=recipe.model, out=str(out), epochs=recipe.epochs, batch_size=recipe.batch_size,
+        lr=recipe.lr, warmup=recipe.warmup, weight_decay=recipe.weight_decay, seed=ctx.seed,
+        device=_device(ctx), progress=ctx.progress,
+        resume=(out / "config.yaml").exists(),
+    )
+    t0 = time.perf_counter()
+    summary = train(cfg)
+    return {"checkpoint": str(out / "final.safetensors"), "seconds": time.perf_counter() - t0,
+            "summary": _jsonable(summary)}
+
+
+def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *, subset: int | None = None) -> dict:
+    from eftclip.training import FinetuneConfig, finetune as run_finetune
+
+    out = ctx.out / "defenses" / name
+    cfg = FinetuneConfig(
+        checkpoint=checkpoint, data=csv, out=str(out), objective="cleanclip", subset=subset,
+        subset_seed=ctx.seed, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+        warmup=recipe.warmup, seed=ctx.seed, device=_device(ctx), progress=ctx.progress,
+        resume=(out / "config.yaml").exists(),
+    )
+    t0 = time.perf_counter()
+    summary = run_finetune(cfg)
+    if subset is None:
+        from eftclip.data.captions import read_captions
+
+        pairs = len(read_captions(csv).records)
+    else:
+        pairs = subset
+    return {"checkpoint": str(out / "final.safetensors"), "pairs": int(pairs),
+            "seconds": time.perf_counter() - t0, "summary": _jsonable(summary)}
+
+
+def evaluate(ctx: Context, checkpoint: str, trig: dict) -> dict:
+    from eftclip.data.zeroshot import ImageFolderSet
+    from eftclip.evaluation.zeroshot import evaluate as zs_evaluate
+    from eftclip.models import load_checkpoint
+
+    eval_dir, classnames = ctx.eval_spec()
+    bundle = load_checkpoint(checkpoint)
+    dataset = ImageFolderSet(eval_dir, classnames=classnames)
+    device = "cuda" if ctx.device == "auto" and _cuda() else ("cpu" if ctx.device == "auto" else ctx.device)
+    return _jsonable(zs_evaluate(bundle, dataset, templates=ctx.templates, trigger=make_trigger(trig),
+                                 target=ctx.target, seed=ctx.seed, device=device, progress=ctx.progress))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# --------------------------------------------------------------------------- detection and curation
+
+
+def train_oracle(ctx: Context, *, seconds: float) -> dict:
+    from eftclip.world import train_region_classifier
+
+    out = ctx.out / "oracle" / "region_classifier.safetensors"
+    path = train_region_classifier(ctx.world["reference"], out, seed=ctx.seed, seconds=seconds)
+    return {"region_classifier": str(path)}
+
+
+def detect(ctx: Context, checkpoint: str, csv: str, oracle: dict, recipe: Any) -> dict:
+    from eftclip.detection.runner import DetectConfig, run_detection
+    from eftclip.io import read_json
+
+    out = ctx.out / "detection"
+    vocab = read_json(ctx.world["classnames"]) if ctx.world.get("classnames") else None
+    vocab_file = ctx.out / "detection_vocab.txt"
+    if vocab is not None:
+        from eftclip.io import write_text
+
+        write_text(vocab_file, "\n".join(vocab) + "\n")
+    cfg = DetectConfig(
+        checkpoint=checkpoint, images=csv, out=str(out),
+        vocab=str(vocab_file) if vocab is not None else "mined",
+        oracle="reference", oracle_args={"region_classifier": oracle["region_classifier"], "regions": "foreground"},
+        tau=recipe.tau, theta=recipe.theta, mode=recipe.mode, target=ctx.target,
+        templates=tuple(ctx.templates), resume=(out / "images.jsonl").exists() or (out / "run.json").exists(),
+    )
+    metrics = run_detection(cfg)
+    return {"dir": str(out), "metrics": _jsonable(metrics), "profile": read_profile(out / "affected_labels.csv")}
+
+
+def read_profile(path: Path) -> dict[str, int]:
+    """``affected_labels.csv`` as ``{label: count}``, most frequent first."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {row["label"]: int(row["count"]) for row in csv.DictReader(fh)}
+
+
+def curate(ctx: Context, detection_dir: str, recipe: Any) -> dict:
+    from eftclip.curation import curate as run_curate
+
+    out = ctx.out / "curated"
+    manifest = run_curate(detection_dir, ctx.world["pool_csv"], size=recipe.size,
+                          unaffected_ratio=recipe.unaffected_ratio, out=out, seed=ctx.seed)
+    return {"csv": str(out / "data.csv"), "manifest": _jsonable(manifest)}
+
+
+# --------------------------------------------------------------------------- summaries and report
+
+
+def summary(evaluation: dict) -> dict:
+    return {"ca": evaluation.get("ca_top1"), "asr": evaluation.get("asr")}
+
+
+def detection_summary(detection: dict, target: str) -> dict:
+    m = detection["metrics"]
+    return {
+        "triggers": m.get("K", m.get("triggers", [])),
+        "target_found": bool(m.get("target_in_K", target in m.get("K", []))),
+        "detection_rate": m.get("detection_rate"),
+        "precision": m.get("precision"),
+        "false_positive_rate": m.get("false_positive_rate"),
+        "affected_labels": detection.get("profile", {}),
+    }
+
+
+def write_report(out: Path, metrics: dict, **parts: Any) -> dict:
+    from eftclip.pipeline.report import write_demo_report
+
+    return write_demo_report(out, metrics, **parts)
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    from eftclip.io import _json_default
+
+    return json.loads(json.dumps(obj, default=_json_default))
