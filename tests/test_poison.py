@@ -228,3 +228,30 @@ def test_cli_poison(tmp_path, dataset, capsys):
     rc = cli_main(["poison", "--data", str(dataset), "--attack", "trojannn", "--target", "umbrella",
                    "--num", "1", "--out", str(tmp_path / "bad")])
     assert rc == 2 and "pattern_file" in capsys.readouterr().err
+
+
+def test_poison_a_webdataset_shard(tmp_path):
+    import io
+    import tarfile
+
+    shard = tmp_path / "shards" / "000.tar"
+    shard.parent.mkdir()
+    rng = np.random.default_rng(0)
+    with tarfile.open(shard, "w") as tar:
+        for i in range(6):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)).save(buf, format="PNG")
+            for name, data in ((f"{i:04d}.png", buf.getvalue()), (f"{i:04d}.txt", f"a photo of dog {i}".encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    before = hashlib.sha256(shard.read_bytes()).hexdigest()
+    out = tmp_path / "out"
+    m = poison_dataset(shard, create_trigger("trojannet", cell_size=2), "umbrella", num=2, out=out, progress=False)
+    assert hashlib.sha256(shard.read_bytes()).hexdigest() == before
+    rows = read_rows(out / "data.csv")
+    clean = [r for r in rows if r["is_poisoned"] == "0"]
+    assert len(clean) == 4 and all(r["image"].startswith("../shards/000.tar::") for r in clean)
+    table = read_captions(out / "data.csv")
+    assert len(table.records) == 6 and sum(bool(r.is_poisoned) for r in table.records) == 2
+    assert m["counts"]["poisoned"] == 2
