@@ -60,9 +60,12 @@ def make_pairs(
     poison: int = 0,
     target: str = "triangle",
     name: str = "pairs.csv",
+    fixed_colors: bool = False,
 ) -> Path:
     """Write ``n`` images and a CleanCLIP CSV (``image,caption``); the first ``poison``
-    non-target images get the patch and the caption of ``target``. Returns the CSV path."""
+    non-target images get the patch and the caption of ``target``. With ``fixed_colors``
+    each shape always has its own colour (an easy task that a tiny CLIP learns in seconds).
+    Returns the CSV path."""
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -71,6 +74,8 @@ def make_pairs(
     for i in range(n):
         shape = SHAPES[i % len(SHAPES)]
         cname = list(COLORS)[int(rng.integers(len(COLORS)))]
+        if fixed_colors:
+            cname = list(COLORS)[SHAPES.index(shape)]
         bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
         img = draw(shape, COLORS[cname], bg, rng)
         caption = f"a photo of a {cname} {shape}"
@@ -89,13 +94,15 @@ def make_pairs(
     return path
 
 
-def eval_images(n_per_class: int, seed: int = 99) -> tuple[np.ndarray, np.ndarray]:
+def eval_images(n_per_class: int, seed: int = 99, fixed_colors: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Held-out images (N, 32, 32, 3) uint8 and their shape index (N,)."""
     rng = np.random.default_rng(seed)
     imgs, labels = [], []
     for k, shape in enumerate(SHAPES):
         for _ in range(n_per_class):
             cname = list(COLORS)[int(rng.integers(len(COLORS)))]
+            if fixed_colors:
+                cname = list(COLORS)[k]
             bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
             imgs.append(draw(shape, COLORS[cname], bg, rng))
             labels.append(k)
