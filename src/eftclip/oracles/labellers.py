@@ -96,11 +96,16 @@ class ClipCropLabeller:
 
     def probs(self, crops: Sequence[np.ndarray], names: Sequence[str]) -> np.ndarray:
         """Softmax probabilities ``(N, len(names))`` of each crop over ``names``."""
-        import torch
-
         if not crops:
             return np.zeros((0, len(names)), dtype=np.float64)
-        img = self.image_features(crops)
+        return self.probs_from_features(self.image_features(crops), names)
+
+    def probs_from_features(self, img, names: Sequence[str]) -> np.ndarray:
+        """Softmax probabilities ``(N, len(names))`` from unit image embeddings ``(N, D)``."""
+        import torch
+
+        if len(img) == 0:
+            return np.zeros((0, len(names)), dtype=np.float64)
         txt = self._text_features(list(names)).to(img.device)
         scale = getattr(self.bundle.model, "logit_scale", None)
         scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0

@@ -1,0 +1,176 @@
+"""FastSAM (ultralytics, extra ``fastsam``) as an oracle: segment everything, name
+each mask's crop with a clean open_clip model.
+
+FastSAM's own text prompting would pip-install OpenAI's CLIP from git and
+download ViT-B/32 at run time, so it is not used: the masks are scored here by
+a clean CLIP the user supplies through :mod:`eftclip.models`.  Nothing is
+downloaded: ``YOLO_OFFLINE=1`` is set before ultralytics is first imported, the
+weights must be a local file, and the checkpoint is unpickled with ultralytics'
+restricted ``weights_only=True`` loader (only known model classes rebuilt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from eftclip.errors import EftclipError, MissingExtraError
+from eftclip.oracles.base import BaseOracle, Found, OracleResult, chunks, clip_box, extract_crops, nms
+from eftclip.oracles.labellers import DEFAULT_TEMPLATES, ClipCropLabeller, clip_labeller_from
+
+
+def _import_ultralytics():
+    # ultralytics reads YOLO_OFFLINE when it checks for connectivity; set before first use
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    try:
+        import ultralytics  # noqa: F401
+        import ultralytics.nn.tasks as tasks
+        from ultralytics import FastSAM
+    except ImportError:
+        raise MissingExtraError("the FastSAM oracle", "fastsam", "ultralytics") from None
+    return FastSAM, tasks
+
+
+@contextlib.contextmanager
+def _restricted_unpickling(tasks):
+    # ultralytics' opt-in weights_only loader; its switch is a module constant read per load
+    if not getattr(tasks, "_SafeLoad", None) or not tasks._SafeLoad.SUPPORTED:
+        raise EftclipError(
+            "this ultralytics/torch pair cannot load FastSAM weights with weights_only=True; "
+            "refusing to unpickle (install ultralytics==8.4.190 with torch>=2.6)"
+        )
+    old = tasks.SAFE_LOAD
+    tasks.SAFE_LOAD = True
+    try:
+        yield
+    finally:
+        tasks.SAFE_LOAD = old
+
+
+class FastSAMOracle(BaseOracle):
+    """FastSAM segment-everything + clean-CLIP naming of the masks.
+
+    ``weights_path``: local FastSAM weights (``FastSAM-x.pt``/``FastSAM-s.pt``).
+    Clean CLIP (one of): ``clip_checkpoint`` (+ ``clip_model``, the open_clip
+    architecture, when no side file records it) or ``clip_bundle`` (a ClipBundle).
+    ``vocabulary``/``templates``: names scored alongside the prompts, caption templates.
+    ``imgsz``, ``conf``, ``iou``, ``max_det``: FastSAM's inference settings
+    (input side, mask confidence and NMS thresholds, masks per image).
+    ``batch_size``: images per FastSAM forward pass.  ``crop``: ``"box"`` or
+    ``"masked"``; ``pad``: box growth; ``min_area``: smallest mask box kept, as a
+    fraction of the image.  ``nms_iou``: per-prompt suppression of duplicates.
+    ``min_score``: findings below it are dropped (theta is the caller's).
+
+    A finding's score is the clean CLIP's softmax probability of the prompt for
+    the mask's crop (over prompts + vocabulary); its box is the mask's box from
+    FastSAM (XYXY pixels), its mask the FastSAM mask at image resolution.
+    """
+
+    name = "fastsam"
+
+    def __init__(
+        self,
+        weights_path: str | os.PathLike,
+        *,
+        clip_model: str | None = None,
+        clip_checkpoint: str | os.PathLike | None = None,
+        clip_bundle: Any = None,
+        vocabulary: Sequence[str] = (),
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        imgsz: int = 1024,
+        conf: float = 0.4,
+        iou: float = 0.9,
+        max_det: int = 100,
+        batch_size: int = 32,
+        crop: str = "box",
+        pad: float = 0.0,
+        min_area: float = 0.0005,
+        nms_iou: float = 0.7,
+        min_score: float = 0.05,
+        device: str = "cpu",
+    ):
+        super().__init__(min_score=min_score)
+        weights = Path(weights_path)
+        if not weights.is_file():
+            raise EftclipError(f"{weights}: FastSAM weights file not found")
+        FastSAM, tasks = _import_ultralytics()
+        if weights.suffix != ".pt":
+            raise EftclipError(f"{weights}: FastSAM weights must be an ultralytics .pt file")
+        if crop not in ("box", "masked"):
+            raise EftclipError(f"crop must be 'box' or 'masked', not {crop!r}")
+        if clip_bundle is None and clip_checkpoint is None:
+            raise EftclipError("the FastSAM oracle needs a clean CLIP: clip_checkpoint=PATH (and clip_model=NAME)")
+        if clip_checkpoint is not None and not Path(clip_checkpoint).is_file():
+            raise EftclipError(f"{clip_checkpoint}: clean CLIP checkpoint not found")
+        with _restricted_unpickling(tasks):
+            try:
+                self.model = FastSAM(str(weights))
+            except (TypeError, RuntimeError, KeyError, AttributeError, OSError) as exc:
+                raise EftclipError(f"{weights}: not a loadable FastSAM checkpoint ({exc})") from exc
+        self.labeller: ClipCropLabeller = clip_labeller_from(
+            bundle=clip_bundle, model=clip_model, checkpoint=None if clip_checkpoint is None else str(clip_checkpoint),
+            vocabulary=vocabulary, templates=templates, device=device,
+        )
+        self.predict_kwargs = dict(
+            imgsz=int(imgsz), conf=float(conf), iou=float(iou), max_det=int(max_det),
+            retina_masks=True, verbose=False, device=device,
+        )
+        self.batch_size = int(batch_size)
+        self.crop, self.pad = crop, float(pad)
+        self.min_area = float(min_area)
+        self.nms_iou = float(nms_iou)
+
+    def segment(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """FastSAM's masks for HWC uint8 RGB images: per image ``(boxes (N, 4) XYXY
+        pixels, confidences (N,), masks (N, H, W) bool)``."""
+        out = []
+        for batch in chunks(list(images), self.batch_size):
+            # ultralytics takes numpy images as OpenCV does: BGR
+            results = self.model.predict([np.ascontiguousarray(im[:, :, ::-1]) for im in batch], **self.predict_kwargs)
+            for im, r in zip(batch, results):
+                h, w = im.shape[:2]
+                if r.masks is None or len(r.boxes) == 0:
+                    out.append((np.zeros((0, 4)), np.zeros(0), np.zeros((0, h, w), bool)))
+                    continue
+                masks = r.masks.data.cpu().numpy() > 0.5
+                if masks.shape[1:] != (h, w):  # retina_masks gives image resolution; guard anyway
+                    raise EftclipError(f"FastSAM returned masks of shape {masks.shape[1:]} for an image of {(h, w)}")
+                boxes = r.boxes.xyxy.cpu().numpy().astype(np.float64)
+                out.append((boxes, r.boxes.conf.cpu().numpy().astype(np.float64), masks))
+        return out
+
+    def _find_batch(self, images: list[np.ndarray], prompts_per_image: list[list[str]]) -> list[OracleResult]:
+        segs = self.segment(images)
+        # crops of the whole batch go through CLIP's image tower together
+        all_crops, spans, kept = [], [], []
+        for im, (boxes, _conf, masks) in zip(images, segs):
+            h, w = im.shape[:2]
+            boxes = [clip_box(b, w, h) for b in boxes]
+            keep = [i for i, b in enumerate(boxes) if (b[2] - b[0]) * (b[3] - b[1]) >= self.min_area * h * w]
+            sel_boxes = [boxes[i] for i in keep]
+            sel_masks = [masks[i] for i in keep]
+            crops = extract_crops(im, sel_boxes, masks=sel_masks if self.crop == "masked" else None, pad=self.pad)
+            spans.append((len(all_crops), len(all_crops) + len(crops)))
+            all_crops.extend(crops)
+            kept.append((sel_boxes, sel_masks))
+        feats = self.labeller.image_features(all_crops) if all_crops else None
+        results = []
+        for prompts, (a, b), (boxes, masks) in zip(prompts_per_image, spans, kept):
+            if b == a:
+                results.append(OracleResult([], []))
+                continue
+            names = list(prompts) + [v for v in self.labeller.vocabulary if v not in prompts]
+            probs = self.labeller.probs_from_features(feats[a:b], names)[:, : len(prompts)]
+            found = []
+            for j, prompt in enumerate(prompts):
+                idx = np.nonzero(probs[:, j] >= self.min_score)[0]
+                if idx.size == 0:
+                    continue
+                for k in idx[nms(np.array([boxes[i] for i in idx]), probs[idx, j], self.nms_iou)]:
+                    found.append(Found(prompt, float(probs[k, j]), boxes[k], masks[k]))
+            results.append(OracleResult(found, []))
+        return results

@@ -1,0 +1,116 @@
+"""FastSAM oracle through ultralytics' real loader, with a tiny YOLOv8-seg saved as a
+FastSAM-style .pt, masks named by a tiny clean open_clip model; no network, no pickle."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from eftclip.errors import EftclipError
+from eftclip.oracles import create_oracle
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+ultralytics = pytest.importorskip("ultralytics")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import SegmentationModel, yaml_model_load
+
+    cfg = dict(yaml_model_load("yolov8n-seg.yaml"))  # ships inside ultralytics
+    cfg["scales"] = {"t": [0.33, 0.0625, 256]}  # a sixteenth of the width: ~250k parameters
+    cfg["scale"], cfg["nc"] = "t", 1  # FastSAM segments one class, "object"
+    model = SegmentationModel(cfg, ch=3, nc=1, verbose=False)
+    model.task, model.args = "segment", {"task": "segment", "imgsz": 64}
+    holder = YOLO("yolov8n-seg.yaml", task="segment")
+    holder.model = model
+    path = tmp_path_factory.mktemp("fastsam") / "FastSAM-tiny.pt"
+    holder.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clean_clip(tmp_path_factory):
+    from eftclip.models import create_model, save_checkpoint
+
+    bundle = create_model("eftclip-tiny-vit")
+    return save_checkpoint(bundle.model, tmp_path_factory.mktemp("clip") / "clean.safetensors", model_name="eftclip-tiny-vit")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    attempts = []
+
+    def refuse(self, address, *a, **k):
+        attempts.append(address)
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
+
+
+def images():
+    rng = np.random.default_rng(0)
+    a = np.full((96, 128, 3), 235, np.uint8)
+    a[10:50, 12:60] = (220, 30, 30)
+    b = rng.integers(0, 256, (80, 64, 3), dtype=np.uint8)
+    return a, b
+
+
+def test_fastsam_segments_and_scores_offline(weights, clean_clip, no_network):
+    o = create_oracle(
+        "fastsam", weights_path=weights, clip_checkpoint=clean_clip, vocabulary=["tree", "house"],
+        imgsz=64, conf=0.0, max_det=12, min_area=0.0, min_score=0.0,
+    )
+    a, b = images()
+    segs = o.segment([a, b])
+    assert len(segs) == 2
+    for im, (boxes, conf, masks) in zip((a, b), segs):
+        assert masks.dtype == bool and masks.shape[1:] == im.shape[:2] and len(boxes) == len(conf) == len(masks)
+        assert len(masks) >= 1 and ((conf >= 0) & (conf <= 1)).all()
+    pa, pb = ["red square", "umbrella"], ["dog"]
+    ra, rb = o.find_batch([a, b], [pa, pb])
+    for res, prompts, im in ((ra, pa, a), (rb, pb, b)):
+        h, w = im.shape[:2]
+        assert res.unknown == [] and res.found
+        for f in res.found:
+            assert f.label in prompts and 0.0 <= f.score <= 1.0
+            x1, y1, x2, y2 = f.box_xyxy
+            assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
+            assert f.mask is not None and f.mask.shape == (h, w) and f.mask.dtype == bool
+    # the prompts' probabilities share one softmax with the vocabulary, per mask
+    assert all(f.score < 1.0 for f in ra.found)
+    single = o.find(b, pb)
+    assert [round(f.score, 5) for f in single.found] == [round(f.score, 5) for f in rb.found]
+    assert no_network == []  # nothing tried to reach the network (fonts, assets, CLIP)
+
+
+def test_fastsam_refuses_untrusted_pickles(tmp_path, clean_clip):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.pt"
+    import torch
+
+    torch.save({"model": Evil()}, bad)
+    marker.unlink(missing_ok=True)
+    with pytest.raises(EftclipError, match="evil.pt"):
+        create_oracle("fastsam", weights_path=bad, clip_checkpoint=clean_clip)
+    assert not marker.exists()  # the payload never ran
+
+
+def test_fastsam_bad_inputs(weights, clean_clip, tmp_path):
+    with pytest.raises(EftclipError, match="clean CLIP"):
+        create_oracle("fastsam", weights_path=weights)
+    with pytest.raises(EftclipError, match="nope.safetensors"):
+        create_oracle("fastsam", weights_path=weights, clip_checkpoint=tmp_path / "nope.safetensors")
+    onnx = tmp_path / "FastSAM.onnx"
+    onnx.write_bytes(b"x")
+    with pytest.raises(EftclipError, match=r"\.pt"):
+        create_oracle("fastsam", weights_path=onnx, clip_checkpoint=clean_clip)
