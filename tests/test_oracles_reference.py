@@ -120,3 +120,38 @@ def test_clean_open_clip_labeller_from_checkpoint(tmp_path):
     lab = o.scorer.labeller
     p = lab.probs([scene()[10:40, 12:42]], ["red square", "blue disc", "tree", "house", "umbrella"])
     assert p.shape == (1, 5) and np.isclose(p.sum(), 1.0)
+
+
+def test_one_labeller_pass_per_batch():
+    lab = ColourLabeller()
+    o = create_oracle("reference", labeller=lab, regions="foreground", wordnet=False)
+    o.find_batch([scene()] * 5, [["red square"]] * 5)
+    assert lab.calls == 1
+
+
+def test_flat_regions_and_combined_methods():
+    im = scene()
+    rng = np.random.default_rng(1)
+    noisy = np.clip(im.astype(int) + rng.normal(0, 8, im.shape) * (im == 235), 0, 255).astype(np.uint8)
+    regs = REGIONERS["flat"](noisy)
+    boxes = sorted(r.box_xyxy for r in regs)
+    # the two flat-painted objects, exactly; the noisy background shatters below the size floor
+    assert len(regs) == 2 and boxes[0] == (12.0, 10.0, 42.0, 40.0)
+    lab = ColourLabeller()
+    o = create_oracle("reference", labeller=lab, regions="flat+grid", wordnet=False,
+                      region_kwargs={"grid": {"sizes": (2,)}}, min_area=0.0)
+    assert len(o.regions(noisy)) == 2 + 4
+    assert o.find(noisy, ["red square"]).best("red square").box_xyxy == (12.0, 10.0, 42.0, 40.0)
+    with pytest.raises(EftclipError, match="keyed by method"):
+        create_oracle("reference", labeller=lab, regions="flat+grid", region_kwargs={"sizes": (2,)}, wordnet=False)
+    with pytest.raises(EftclipError, match="voronoi"):
+        create_oracle("reference", labeller=lab, regions="flat+voronoi", wordnet=False)
+
+
+def test_callable_regions():
+    from eftclip.oracles.reference import Region
+
+    lab = ColourLabeller()
+    o = create_oracle("reference", labeller=lab, wordnet=False, min_area=0.0,
+                      regions=lambda image, pad=0: [Region((12.0 - pad, 10.0, 42.0, 40.0), None)], region_kwargs={"pad": 2})
+    assert [r.box_xyxy for r in o.regions(scene())] == [(10.0, 10.0, 42.0, 40.0)]

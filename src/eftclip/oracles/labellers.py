@@ -138,22 +138,38 @@ class CropScorer:
 
     def scores(self, crops: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
         """Probabilities ``(N, len(prompts))`` in [0, 1]; prompts must be scorable (see split_prompts)."""
-        if not crops or not prompts:
-            return np.zeros((len(crops), len(prompts)))
+        return self.scores_batch([crops], [prompts])[0]
+
+    def scores_batch(
+        self, crops_per_image: Sequence[Sequence[np.ndarray]], prompts_per_image: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]:
+        """:meth:`scores` for several images with one labeller pass over all their crops."""
+        flat = [c for crops in crops_per_image for c in crops]
+        bounds = np.cumsum([0] + [len(c) for c in crops_per_image])
+        if not flat:
+            return [np.zeros((0, len(p))) for p in prompts_per_image]
+        out = []
         if self.mapper is None:
             lab: ClipCropLabeller = self.labeller
-            names = list(prompts) + [v for v in lab.vocabulary if v not in prompts]
-            return lab.probs(crops, names)[:, : len(prompts)]
-        probs = np.asarray(self.labeller(list(crops)), dtype=np.float64)
+            feats = lab.image_features(flat)
+            for i, prompts in enumerate(prompts_per_image):
+                names = list(prompts) + [v for v in lab.vocabulary if v not in prompts]
+                a, b = bounds[i], bounds[i + 1]
+                probs = lab.probs_from_features(feats[a:b], names) if prompts else np.zeros((b - a, 0))
+                out.append(probs[:, : len(prompts)])
+            return out
+        probs = np.asarray(self.labeller(flat), dtype=np.float64)
         n_cls = len(self.labeller.classnames)
-        if probs.shape != (len(crops), n_cls):
+        if probs.shape != (len(flat), n_cls):
             raise EftclipError(
                 f"the labeller returned probabilities of shape {probs.shape}, "
-                f"expected ({len(crops)}, {n_cls})"
+                f"expected ({len(flat)}, {n_cls})"
             )
         index = {c: i for i, c in enumerate(self.labeller.classnames)}
-        cols = [index[self.mapper.map(p)] for p in prompts]
-        return np.clip(probs[:, cols], 0.0, 1.0)
+        for i, prompts in enumerate(prompts_per_image):
+            cols = [index[self.mapper.map(p)] for p in prompts]
+            out.append(np.clip(probs[bounds[i] : bounds[i + 1]][:, cols], 0.0, 1.0))
+        return out
 
 
 def clip_labeller_from(

@@ -10,7 +10,7 @@ It never reads ground truth: only the pixels and the labeller.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -62,6 +62,35 @@ def foreground_regions(image: np.ndarray, *, threshold: float = 30.0, border: in
     return _label_regions(labels, skip=0)
 
 
+def flat_regions(image: np.ndarray, *, tolerance: int = 2, min_pixels: int = 12) -> list[Region]:
+    """Connected areas of flat colour, for scenes whose objects are painted in flat
+    colours on noisy or textured backgrounds (the built-in world, graphics).
+
+    Two 4-neighbours join when no channel differs by more than ``tolerance``
+    (0-255); components of at least ``min_pixels`` pixels become regions.  Noisy
+    background shatters into specks that the size floor removes.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    h, w = image.shape[:2]
+    x = image.astype(np.int16)
+    idx = np.arange(h * w).reshape(h, w)
+    right = (np.abs(x[:, 1:] - x[:, :-1]).max(axis=2) <= tolerance)
+    down = (np.abs(x[1:] - x[:-1]).max(axis=2) <= tolerance)
+    rows = np.concatenate([idx[:, :-1][right], idx[:-1][down]])
+    cols = np.concatenate([idx[:, 1:][right], idx[1:][down]])
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(h * w, h * w))
+    _, labels = connected_components(graph, directed=False)
+    labels = labels.reshape(h, w)
+    counts = np.bincount(labels.ravel())
+    out = []
+    for value in np.nonzero(counts >= min_pixels)[0]:
+        mask = labels == value
+        out.append(Region(mask_to_box(mask), mask))
+    return out
+
+
 def grid_regions(image: np.ndarray, *, sizes: Sequence[int] = (1, 2, 3)) -> list[Region]:
     """Boxes of ``n x n`` grids for each ``n`` in ``sizes`` (no masks)."""
     h, w = image.shape[:2]
@@ -91,6 +120,7 @@ REGIONERS = {
     "felzenszwalb": felzenszwalb_regions,
     "slic": slic_regions,
     "foreground": foreground_regions,
+    "flat": flat_regions,
     "grid": grid_regions,
 }
 
@@ -106,7 +136,10 @@ class ReferenceOracle(BaseOracle):
     (a path read by :func:`eftclip.world.load_region_classifier`).
     ``vocabulary``/``templates``: for CLIP labellers, the names scored alongside
     the prompts and the caption templates.
-    ``regions``: a key of :data:`REGIONERS`; ``region_kwargs`` go to it.
+    ``regions``: a key of :data:`REGIONERS`, several joined by ``+`` (regions
+    pooled, e.g. ``"flat+felzenszwalb"``: exact on flat-painted objects, robust
+    under blending triggers), or a callable ``(image HWC uint8, **region_kwargs)
+    -> list[Region]``; ``region_kwargs`` go to it (keyed by method when combined).
     ``min_area``/``max_area``: kept regions' box area as a fraction of the image.
     ``max_regions``: the largest regions kept per image.
     ``crop``: ``"box"`` (the region's bounding box, as the paper crops) or
@@ -128,7 +161,7 @@ class ReferenceOracle(BaseOracle):
         region_classifier: str | None = None,
         vocabulary: Sequence[str] = (),
         templates: Sequence[str] = DEFAULT_TEMPLATES,
-        regions: str = "felzenszwalb",
+        regions: str | Callable[..., list[Region]] = "felzenszwalb",
         region_kwargs: dict | None = None,
         min_area: float = 0.002,
         max_area: float = 0.95,
@@ -149,8 +182,10 @@ class ReferenceOracle(BaseOracle):
                 "the reference oracle needs exactly one labeller: labeller=, labeller_bundle=, "
                 "labeller_checkpoint= or region_classifier="
             )
-        if regions not in REGIONERS:
-            raise EftclipError(f"unknown region method {regions!r}; known: {', '.join(sorted(REGIONERS))}")
+        names = [] if callable(regions) else [n.strip() for n in str(regions).split("+")]
+        for n in names:
+            if n not in REGIONERS:
+                raise EftclipError(f"unknown region method {n!r}; known: {', '.join(sorted(REGIONERS))}")
         if crop not in ("box", "masked"):
             raise EftclipError(f"crop must be 'box' or 'masked', not {crop!r}")
         if region_classifier is not None:
@@ -167,8 +202,22 @@ class ReferenceOracle(BaseOracle):
                 vocabulary=vocabulary, templates=templates, device=device,
             )
         self.scorer = CropScorer(labeller, wordnet=wordnet)
-        self.regioner = REGIONERS[regions]
-        self.region_kwargs = dict(region_kwargs or {})
+        region_kwargs = dict(region_kwargs or {})
+        if callable(regions) or len(names) == 1:
+            self.regioner = regions if callable(regions) else REGIONERS[names[0]]
+            self.region_kwargs = region_kwargs
+        else:
+            # several methods joined by "+": their regions are pooled; per-method
+            # keyword arguments sit under the method's name in region_kwargs
+            unknown_keys = set(region_kwargs) - set(names)
+            if unknown_keys:
+                raise EftclipError(
+                    f"with combined regions {regions!r}, region_kwargs must be keyed by method name, "
+                    f"not {sorted(unknown_keys)}"
+                )
+            parts = [(REGIONERS[n], dict(region_kwargs.get(n, {}))) for n in names]
+            self.regioner = lambda image: [r for fn, kw in parts for r in fn(image, **kw)]
+            self.region_kwargs = {}
         self.min_area, self.max_area = float(min_area), float(max_area)
         self.max_regions = int(max_regions)
         self.crop, self.pad, self.fill = crop, float(pad), int(fill)
@@ -192,24 +241,27 @@ class ReferenceOracle(BaseOracle):
         return out
 
     def _find_batch(self, images: list[np.ndarray], prompts_per_image: list[list[str]]) -> list[OracleResult]:
-        per_image = []
+        regions, crops, scorable, unknown = [], [], [], []
         for im, prompts in zip(images, prompts_per_image):
             regs = self.regions(im)
             masks = [r.mask for r in regs] if self.crop == "masked" else None
-            crops = extract_crops(im, [r.box_xyxy for r in regs], masks=masks, pad=self.pad, fill=self.fill)
-            scorable, unknown = self.scorer.split_prompts(prompts)
-            per_image.append((regs, crops, scorable, unknown))
+            regions.append(regs)
+            crops.append(extract_crops(im, [r.box_xyxy for r in regs], masks=masks, pad=self.pad, fill=self.fill))
+            ok, unk = self.scorer.split_prompts(prompts)
+            scorable.append(ok)
+            unknown.append(unk)
+        # one labeller pass over the crops of the whole batch
+        scores = self.scorer.scores_batch(crops, scorable)
         results = []
-        for regs, crops, scorable, unknown in per_image:
-            scores = self.scorer.scores(crops, scorable) if regs and scorable else np.zeros((len(regs), len(scorable)))
+        for regs, ok, unk, sc in zip(regions, scorable, unknown, scores):
             found = []
-            for j, prompt in enumerate(scorable):
-                col = scores[:, j] if len(regs) else np.zeros(0)
+            for j, prompt in enumerate(ok):
+                col = sc[:, j]
                 idx = np.nonzero(col >= self.min_score)[0]
                 if idx.size == 0:
                     continue
                 boxes = np.array([regs[i].box_xyxy for i in idx])
                 for k in idx[nms(boxes, col[idx], self.nms_iou)]:
                     found.append(Found(prompt, float(col[k]), regs[k].box_xyxy, regs[k].mask))
-            results.append(OracleResult(found=found, unknown=unknown))
+            results.append(OracleResult(found=found, unknown=unk))
         return results
