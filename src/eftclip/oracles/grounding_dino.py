@@ -90,14 +90,19 @@ class GroundingDinoOracle(BaseOracle):
             post = self.processor.post_process_grounded_object_detection(
                 outputs, input_ids=inputs["input_ids"], threshold=self.min_score, text_threshold=0.0, target_sizes=sizes
             )
-            probs = torch.sigmoid(outputs.logits.float()).cpu()  # (B, queries, max_text_len)
+            # the same ops on the same tensor as the post-processing, so `keep` below selects
+            # exactly the queries it kept, in the same order
+            probs = torch.sigmoid(outputs.logits)  # (B, queries, max_text_len)
+            query_scores = torch.max(probs, dim=-1)[0].cpu()
+            probs = probs.float().cpu()
             for b, (im, p, (text, spans), det) in enumerate(zip(ims, prompts, caps, post)):
                 h, w = im.shape[:2]
-                scores_all = probs[b].max(dim=-1).values
-                keep = torch.nonzero(scores_all > self.min_score).flatten()
+                keep = torch.nonzero(query_scores[b] > self.min_score).flatten()
                 owner = self._token_owner(text, spans, probs.shape[-1])
                 boxes = [clip_box(x, w, h) for x in det["boxes"].float().cpu().tolist()]
                 scores = det["scores"].float().cpu().clamp(0, 1).tolist()
+                if len(keep) != len(boxes):  # would mean the post-processing changed under us
+                    raise RuntimeError("Grounding DINO post-processing kept a different set of queries")
                 found_boxes, found = [], []
                 for q, box, s in zip(keep.tolist(), boxes, scores):
                     tok = probs[b, q].clone()
