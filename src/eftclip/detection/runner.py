@@ -232,7 +232,9 @@ class ClipScorer:
 
         from eftclip.evaluation.zeroshot import text_classifier
 
-        self.bundle, self.vocab, self.device, self.batch_size = bundle, list(vocab), device, batch_size
+        # crops are small and many: score them in larger batches than whole images
+        self.bundle, self.vocab, self.device = bundle, list(vocab), device
+        self.batch_size = max(int(batch_size), 64)
         with torch.no_grad():
             self.classifier = text_classifier(bundle, self.vocab, list(templates), device)  # (C, D)
             scale = getattr(bundle.model, "logit_scale", None)
@@ -270,14 +272,18 @@ def examine_batch(
     arrays = [np.asarray(im, dtype=np.uint8) for im in pils]
     ranked = scorer.rank(pils, prompt_tau)
     results = oracle.find_batch(arrays, [[lab for lab, _ in r] for r in ranked])
+    # an oracle often returns the same region for several prompts: crop and score each box once
     crops, owners = [], []
     for b, (arr, res) in enumerate(zip(arrays, results)):
-        boxes = [f.box_xyxy for f in res.found]
-        for j, crop in enumerate(extract_crops(arr, boxes, pad=crop_pad, min_side=2)):
+        boxes = list(dict.fromkeys(tuple(f.box_xyxy) for f in res.found))
+        for box, crop in zip(boxes, extract_crops(arr, boxes, pad=crop_pad, min_side=2)):
             crops.append(Image.fromarray(crop))
-            owners.append((b, j))
+            owners.append((b, box))
     crop_labels = scorer.rank(crops, 1) if crops else []
-    per_find: dict[tuple[int, int], list] = {o: [list(x) for x in lab] for o, lab in zip(owners, crop_labels)}
+    by_box = {o: [list(x) for x in lab] for o, lab in zip(owners, crop_labels)}
+    per_find = {
+        (b, j): by_box[(b, tuple(f.box_xyxy))] for b, res in enumerate(results) for j, f in enumerate(res.found)
+    }
     records = []
     for b, ((index, item, _), r, res) in enumerate(zip(batch, ranked, results)):
         finds = [
