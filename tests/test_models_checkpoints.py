@@ -11,6 +11,15 @@ from eftclip.models import create_model, load_checkpoint, read_state_dict, save_
 from eftclip.models.checkpoints import sidecar_path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # two cores shared by many processes: one intra-op thread is several times faster here
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def vit():
     bundle = create_model("eftclip-tiny-vit")

@@ -8,6 +8,15 @@ from PIL import Image
 from eftclip.errors import EftclipError
 from eftclip.models import ClipBundle, create_model, list_models, model_config
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # two cores shared by many processes: one intra-op thread is several times faster here
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY = ["eftclip-tiny-vit", "eftclip-tiny-rn"]
 
 

@@ -1,0 +1,298 @@
+"""Zero-shot classification with CLIP: clean accuracy (CA) and attack success rate (ASR).
+
+A class's text embedding is the mean of its unit-normalised prompt
+embeddings (one per template), renormalised, as in the CLIP paper and
+open_clip's zero-shot classifier.  Images are classified by cosine
+similarity to those embeddings.
+
+For ASR the trigger is applied to each image at its native resolution,
+before the model's preprocessing (resize, crop, normalise), with a
+``numpy.random.Generator`` seeded from ``(seed, image index)``, so the
+triggered set is the same whatever the batch size or worker count.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from eftclip.errors import EftclipError
+from eftclip.evaluation.metrics import attack_success_rate, nan_to_none, per_class_rates, topk_hits
+
+# prompts per text-encoder batch in text_classifier
+_TEXT_BATCH = 1024
+
+
+def _prompt(template: str | Callable[[str], str], classname: str) -> str:
+    # open_clip keeps templates as lambdas, eftclip.data as "{}" format strings
+    return template(classname) if callable(template) else template.format(classname)
+
+
+def _templates(templates: Sequence[str] | str) -> list:
+    if isinstance(templates, str):
+        from eftclip.data.zeroshot import load_templates
+
+        return load_templates(templates)
+    templates = list(templates)
+    if not templates:
+        raise EftclipError("no prompt templates given")
+    return templates
+
+
+@torch.no_grad()
+def text_classifier(
+    bundle,
+    classnames: Sequence[str],
+    templates: Sequence[str] | str,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Zero-shot class embeddings.
+
+    Args:
+        bundle: a :class:`eftclip.models.ClipBundle`.
+        classnames: ``C`` display names.
+        templates: ``T`` format strings with one ``{}`` (or callables, or a
+            template-set spec for :func:`eftclip.data.zeroshot.load_templates`).
+        device: where to compute; the model is moved there if needed.
+
+    Returns:
+        ``(C, D)`` float32 on ``device``, unit-norm rows: for each class the mean
+        of its ``T`` unit prompt embeddings, renormalised.
+    """
+    templates = _templates(templates)
+    if not classnames:
+        raise EftclipError("no class names given")
+    model = _model_on(bundle, device)
+    prompts = [_prompt(t, c) for c in classnames for t in templates]
+    chunks = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), _TEXT_BATCH):
+            tokens = bundle.tokenizer(prompts[start:start + _TEXT_BATCH]).to(device)
+            chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+    finally:
+        model.train(was_training)
+    emb = torch.cat(chunks).reshape(len(classnames), len(templates), -1)
+    return F.normalize(emb.mean(dim=1), dim=-1)
+
+
+def _model_on(bundle, device) -> torch.nn.Module:
+    model = bundle.model
+    device = torch.device(device)
+    current = next(model.parameters()).device
+    if current.type != device.type or (device.index is not None and current.index != device.index):
+        model.to(device)
+    return model
+
+
+def _to_pil(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB") if image.mode != "RGB" else image
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise EftclipError(f"images must be PIL images or HWC uint8 RGB arrays, got {arr.dtype} {arr.shape}")
+    return Image.fromarray(arr)
+
+
+@torch.no_grad()
+def image_features(
+    bundle,
+    images: Sequence[Any],
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Unit-norm image embeddings.
+
+    Args:
+        bundle: a :class:`eftclip.models.ClipBundle`.
+        images: ``N`` PIL images (any mode; converted to RGB) or HWC uint8 RGB arrays.
+        device: where to compute.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(N, D)`` float32 on ``device``, unit-norm rows (``(0, D)`` for no images).
+    """
+    model = _model_on(bundle, device)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = torch.stack([bundle.preprocess_val(_to_pil(im)) for im in images[start:start + batch_size]])
+            out.append(_encode(model, x.to(device)))
+    finally:
+        model.train(was_training)
+    if not out:
+        dim = model.text_projection.shape[-1] if hasattr(model, "text_projection") else 0
+        return torch.zeros(0, dim, device=device)
+    return torch.cat(out)
+
+
+def _encode(model, x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(model.encode_image(x).float(), dim=-1)
+
+
+def resolve_target(target: str, classnames: Sequence[str], folders: Sequence[str] | None = None) -> int:
+    """Class index of the attack target ``target``.
+
+    Matches a display name first, then a class folder name.  Anything else
+    raises :class:`EftclipError` listing close matches or a few class names.
+    """
+    if target in classnames:
+        return list(classnames).index(target)
+    if folders is not None and target in folders:
+        return list(folders).index(target)
+    close = difflib.get_close_matches(target, list(classnames), n=5)
+    listed = close or list(classnames[:10])
+    more = "" if close or len(classnames) <= 10 else f", ... ({len(classnames)} in all)"
+    raise EftclipError(
+        f"target {target!r} is not one of the class names; "
+        f"{'close ones' if close else 'they are'}: {', '.join(map(repr, listed))}{more}"
+    )
+
+
+class _EvalImages(torch.utils.data.Dataset):
+    """Sample ``i`` -> (clean tensor, triggered tensor, triggered?, label)."""
+
+    def __init__(self, dataset, preprocess, trigger, target_index, seed):
+        self.dataset = dataset
+        self.preprocess = preprocess
+        self.trigger = trigger
+        self.target_index = target_index
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset.samples)
+
+    def __getitem__(self, i: int):
+        label = int(self.dataset.samples[i][1])
+        image = _to_pil(self.dataset.load(i))
+        clean = self.preprocess(image)
+        # images of the target class are not triggered: they cannot count towards ASR
+        if self.trigger is None or label == self.target_index:
+            return clean, torch.zeros_like(clean), False, label
+        rng = np.random.default_rng([self.seed, i])  # per image, independent of batching
+        result = self.trigger.apply(np.asarray(image, dtype=np.uint8), rng)
+        return clean, self.preprocess(Image.fromarray(result.image)), True, label
+
+
+def _class_keys(classnames: Sequence[str], folders: Sequence[str]) -> list[str]:
+    # ImageNet names some classes alike ("crane", "maillot"); keep per-class keys unique
+    counts = Counter(classnames)
+    return [name if counts[name] == 1 else f"{name} ({folder})" for name, folder in zip(classnames, folders)]
+
+
+@torch.no_grad()
+def evaluate(
+    bundle,
+    dataset,
+    *,
+    templates: Sequence[str] | str,
+    trigger=None,
+    target: str | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """Zero-shot clean accuracy and, with a trigger, attack success rate.
+
+    Args:
+        bundle: a :class:`eftclip.models.ClipBundle`.
+        dataset: an :class:`eftclip.data.zeroshot.ImageFolderSet` (``classes``,
+            ``classnames``, ``samples``, ``load(i)``).
+        templates: prompt templates (list of ``"{}"`` format strings, or a spec).
+        trigger: an :class:`eftclip.attacks.Trigger`, or None for CA only.
+        target: the attack's target class (display or folder name); required
+            with ``trigger``.
+        seed: seeds the per-image trigger randomness (``(seed, index)``).
+        batch_size: images per forward pass.
+        device: where to compute; the model is moved there if needed.
+        progress: show a tqdm bar on stderr.
+        num_workers: DataLoader workers for image loading/triggering.
+
+    Returns:
+        ``{"n", "ca_top1", "ca_top5", "asr", "n_asr", "target", "per_class"}``:
+        rates in [0, 1]; ``ca_top5`` is top-min(5, C); ``asr`` is None without
+        a trigger, else the share of triggered images whose true class is not
+        the target that are classified as the target (``n_asr`` of them);
+        ``per_class`` maps each class name to ``{"ca_top1", "asr", "n"}``.
+    """
+    classnames = list(dataset.classnames)
+    folders = list(getattr(dataset, "classes", classnames))
+    num_classes = len(classnames)
+    if trigger is not None and target is None:
+        raise EftclipError("an attack success rate needs the attack's target label (--target)")
+    target_index = resolve_target(target, classnames, folders) if target is not None else None
+    if batch_size < 1:
+        raise EftclipError(f"batch size must be at least 1, not {batch_size}")
+    n = len(dataset.samples)
+    if n == 0:
+        raise EftclipError("the evaluation set holds no images")
+
+    model = _model_on(bundle, device)
+    was_training = model.training
+    model.eval()
+    try:
+        classifier = text_classifier(bundle, classnames, templates, device)
+        k5 = min(5, num_classes)
+        true = np.empty(n, dtype=np.int64)
+        pred = np.empty(n, dtype=np.int64)
+        hit1 = np.zeros(n, dtype=bool)
+        hit5 = np.zeros(n, dtype=bool)
+        pred_trig = np.full(n, -1, dtype=np.int64)  # -1: not triggered (no trigger, or target class)
+        loader = torch.utils.data.DataLoader(
+            _EvalImages(dataset, bundle.preprocess_val, trigger, target_index, seed),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+        )
+        pos = 0
+        with tqdm(total=n, desc="evaluate", unit="img", file=sys.stderr, disable=not progress) as bar:
+            for clean, triggered, has_trigger, labels in loader:
+                b = labels.shape[0]
+                sl = slice(pos, pos + b)
+                scores = _encode(model, clean.to(device)) @ classifier.T
+                labels_np = labels.numpy()
+                true[sl] = labels_np
+                pred[sl] = scores.argmax(dim=1).cpu().numpy()
+                hit1[sl] = topk_hits(scores, labels_np, 1)
+                hit5[sl] = topk_hits(scores, labels_np, k5)
+                if has_trigger.any():
+                    rows = has_trigger.nonzero().squeeze(1)
+                    t_scores = _encode(model, triggered[rows].to(device)) @ classifier.T
+                    pred_trig[pos + rows.numpy()] = t_scores.argmax(dim=1).cpu().numpy()
+                pos += b
+                bar.update(b)
+    finally:
+        model.train(was_training)
+
+    asr = None
+    n_asr = 0
+    if trigger is not None:
+        n_asr = int((true != target_index).sum())
+        asr = nan_to_none(attack_success_rate(pred_trig, true, target_index))
+    rows = per_class_rates(
+        pred, true, num_classes,
+        pred_triggered=pred_trig if trigger is not None else None,
+        target_index=target_index if trigger is not None else None,
+    )
+    return {
+        "n": n,
+        "ca_top1": float(hit1.mean()),
+        "ca_top5": float(hit5.mean()),
+        "asr": asr,
+        "n_asr": n_asr,
+        "target": classnames[target_index] if target_index is not None else None,
+        "per_class": dict(zip(_class_keys(classnames, folders), rows)),
+    }
