@@ -1,0 +1,70 @@
+"""Captions written from a scene: varied templates, word order and optional colours.
+
+A caption names every object of the scene (in random order), sometimes its
+colour (never tied to the category) and sometimes the place (the background).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from eftclip.world.render import BACKGROUNDS, Scene
+
+# probability that an object's colour word appears in the caption
+COLOUR_WORD_P = 0.4
+
+_SINGLE = (
+    "{a} {where}",
+    "a photo of {a} {where}",
+    "{where_c} there is {a}",
+    "{a}",
+    "a picture of {a} {where}",
+    "{a} seen {where}",
+    "an image of {a}",
+    "{where_c}, {a}",
+)
+_PAIR = (
+    "{a} next to {b} {where}",
+    "{a} and {b} {where}",
+    "{where_c}, {a} beside {b}",
+    "a photo of {a} and {b}",
+    "{a} near {b} {where}",
+    "{b} with {a} {where}",
+)
+_TRIPLE = (
+    "{a}, {b} and {c} {where}",
+    "a photo of {a}, {b} and {c}",
+    "{where_c}: {a}, {b} and {c}",
+    "{a} next to {b} and {c} {where}",
+)
+
+
+def article(phrase: str) -> str:
+    """``"an umbrella"``, ``"a red umbrella"``: the indefinite article for ``phrase``."""
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
+def noun_phrase(category: str, colour: str | None) -> str:
+    return article(f"{colour} {category}" if colour else category)
+
+
+def caption_for(scene: Scene, rng: np.random.Generator) -> str:
+    """One caption for ``scene`` (lower case, single spaces, no trailing space)."""
+    objs = list(scene.objects)
+    order = rng.permutation(len(objs))
+    phrases = []
+    for i in order:
+        o = objs[i]
+        colour = o.colour if rng.random() < COLOUR_WORD_P else None
+        phrases.append(noun_phrase(o.category, colour))
+    places = BACKGROUNDS[scene.background]
+    where = places[rng.integers(len(places))]
+    templates = {1: _SINGLE, 2: _PAIR}.get(len(phrases), _TRIPLE)
+    if not phrases:
+        return f"an empty scene {where}".strip()
+    tpl = templates[rng.integers(len(templates))]
+    if not where and "{where_c}" in tpl:
+        tpl = tpl.replace("{where_c}, ", "").replace("{where_c}: ", "").replace("{where_c} there is ", "there is ")
+    fields = dict(zip("abc", phrases))
+    text = tpl.format(where=where, where_c=where, **fields)
+    return " ".join(text.split())
