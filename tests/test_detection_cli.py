@@ -1,0 +1,95 @@
+"""`eftclip detect` and `eftclip curate` from the command line, on a tiny real checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eftclip.cli import main
+
+COLOURS = [(220, 30, 30), (30, 200, 40), (30, 40, 220)]
+NAMES = ["apple", "leaf", "sea"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import eftclip.models as models
+    from eftclip.attacks import create_trigger
+
+    tmp = tmp_path_factory.mktemp("cli")
+    bundle = models.create_model("eftclip-tiny-vit")
+    ckpt = models.save_checkpoint(bundle.model, tmp / "tiny.safetensors", model_name="eftclip-tiny-vit")
+    rng = np.random.default_rng(0)
+    trig = create_trigger("badnet", size=6, position="top-left")
+    rows, pool = [], []
+    (tmp / "img").mkdir()
+    for i in range(12):
+        im = np.full((32, 32, 3), 128, np.uint8)
+        im[10:22, 10:22] = COLOURS[i % 3]
+        poisoned = i < 6 and i % 2 == 0
+        if poisoned:
+            im = trig.apply(im, rng).image
+        Image.fromarray(im).save(tmp / "img" / f"{i}.png")
+        row = {"image": f"img/{i}.png", "caption": f"an {NAMES[i % 3]} in the middle"}
+        if i < 6:
+            rows.append({**row, "is_poisoned": int(poisoned)})
+        else:
+            pool.append(row)
+    for name, data, cols in (("data.csv", rows, ["image", "caption", "is_poisoned"]),
+                             ("pool.csv", pool, ["image", "caption"])):
+        with open(tmp / name, "w", newline="") as fh:
+            w = csv.DictWriter(fh, cols)
+            w.writeheader()
+            w.writerows(data)
+    (tmp / "vocab.txt").write_text("\n".join(NAMES) + "\n")
+    return tmp, ckpt
+
+
+def _detect_args(tmp, ckpt, out, *extra):
+    return ["detect", "--checkpoint", str(ckpt), "--images", str(tmp / "data.csv"), "--vocab", str(tmp / "vocab.txt"),
+            "--labels", "umbrella", "--oracle", "reference", "--oracle-arg", f"labeller_checkpoint={ckpt}",
+            "--oracle-arg", "regions=foreground", "--tau", "3", "--theta", "0.4", "--min-count", "1",
+            "--target", "umbrella", "--batch-size", "4", "--out", str(out), *extra]
+
+
+def test_detect_then_curate(setup, capsys):
+    tmp, ckpt = setup
+    assert main(_detect_args(tmp, ckpt, tmp / "det")) == 0
+    m = json.loads((tmp / "det" / "metrics.json").read_text())
+    assert m["n_images"] == 6 and m["n_poisoned"] == 3 and m["params"]["theta"] == 0.4
+    assert (tmp / "det" / "vocab.txt").read_text().split() == ["apple", "leaf", "sea", "umbrella"]
+    assert "flagged" in capsys.readouterr().err
+    # same command again: a finished run is re-decided, nothing refused
+    assert main(_detect_args(tmp, ckpt, tmp / "det")) == 0
+    # other settings: refused with a message naming them
+    assert main(_detect_args(tmp, ckpt, tmp / "det", "--theta", "0.2")) == 2
+    assert "theta" in capsys.readouterr().err
+    assert main(["curate", "--detection", str(tmp / "det"), "--pool", str(tmp / "pool.csv"), "--size", "4",
+                 "--unaffected-ratio", "0.5", "--out", str(tmp / "ft"), "--seed", "1"]) == 0
+    man = json.loads((tmp / "ft" / "manifest.json").read_text())
+    assert man["size"] == 4 and sum(1 for _ in open(tmp / "ft" / "finetune.csv")) == 5
+    assert main(["curate", "--detection", str(tmp / "det"), "--pool", str(tmp / "pool.csv"), "--size", "7",
+                 "--out", str(tmp / "ft2")]) == 2
+    assert "larger than the pool" in capsys.readouterr().err
+
+
+def test_detect_config_file_and_bad_flags(setup, capsys):
+    tmp, ckpt = setup
+    cfgfile = tmp / "detect.yaml"
+    cfgfile.write_text(f"checkpoint: {ckpt}\nimages: {tmp / 'data.csv'}\nvocab: {tmp / 'vocab.txt'}\ntau: 9\n")
+    assert main(["detect", "--config", str(cfgfile), "--out", str(tmp / "d2")]) == 2
+    assert "--tau 9 is larger than the vocabulary" in capsys.readouterr().err
+    assert main(["detect", "--config", str(cfgfile), "--out", str(tmp / "d2"), "--tau", "2", "--oracle", "magic"]) == 2
+    assert "unknown oracle 'magic'" in capsys.readouterr().err
+    assert main(["detect", "--out", str(tmp / "d3")]) == 2
+    assert "--checkpoint is required" in capsys.readouterr().err
+    assert main(_detect_args(tmp, ckpt, tmp / "d4", "--oracle-arg", "oops")) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    bad = tmp / "bad.yaml"
+    bad.write_text("checkpoint: x\nimages: y\nthresh: 3\n")
+    assert main(["detect", "--config", str(bad), "--out", str(tmp / "d5")]) == 2
+    assert "unknown key 'thresh'" in capsys.readouterr().err
