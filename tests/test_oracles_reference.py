@@ -149,9 +149,19 @@ def test_flat_regions_and_combined_methods():
 
 
 def test_callable_regions():
-    from eftclip.oracles.reference import Region
-
     lab = ColourLabeller()
     o = create_oracle("reference", labeller=lab, wordnet=False, min_area=0.0,
-                      regions=lambda image, pad=0: [Region((12.0 - pad, 10.0, 42.0, 40.0), None)], region_kwargs={"pad": 2})
+                      regions=lambda image, pad=0: [((12.0 - pad, 10.0, 42.0, 40.0), None)], region_kwargs={"pad": 2})
     assert [r.box_xyxy for r in o.regions(scene())] == [(10.0, 10.0, 42.0, 40.0)]
+
+
+def test_world_proposals_plug_in():
+    pytest.importorskip("eftclip.world.regions", reason="the built-in world's proposals are not in this checkout")
+    lab = ColourLabeller()
+    im = scene()
+    rng = np.random.default_rng(2)
+    noisy = np.clip(im.astype(int) + rng.normal(0, 8, im.shape) * (im == 235), 0, 255).astype(np.uint8)
+    o = create_oracle("reference", labeller=lab, regions="world", wordnet=False, min_area=0.0)
+    res = o.find(noisy, ["red square", "blue disc"])
+    assert res.best("red square").box_xyxy == (12.0, 10.0, 42.0, 40.0)
+    assert res.best("blue disc").score > 0.9

@@ -116,12 +116,28 @@ def _label_regions(labels: np.ndarray, skip: int | None = None) -> list[Region]:
     return out
 
 
+def world_regions(image: np.ndarray, **kwargs: Any) -> list[Region]:
+    """The built-in world's own proposals (:func:`eftclip.world.regions.propose`)."""
+    from eftclip.world.regions import propose
+
+    return [_as_region(r) for r in propose(image, **kwargs)]
+
+
+def _as_region(r: Any) -> Region:
+    # regioners may return Region objects or (box XYXY, mask | None) pairs
+    if isinstance(r, Region):
+        return r
+    box, mask = r
+    return Region(tuple(float(v) for v in box), None if mask is None else np.asarray(mask, dtype=bool))
+
+
 REGIONERS = {
     "felzenszwalb": felzenszwalb_regions,
     "slic": slic_regions,
     "foreground": foreground_regions,
     "flat": flat_regions,
     "grid": grid_regions,
+    "world": world_regions,
 }
 
 
@@ -229,7 +245,7 @@ class ReferenceOracle(BaseOracle):
         h, w = image.shape[:2]
         area = float(h * w)
         found = []
-        for r in self.regioner(image, **self.region_kwargs):
+        for r in map(_as_region, self.regioner(image, **self.region_kwargs)):
             x1, y1, x2, y2 = r.box_xyxy
             frac = (x2 - x1) * (y2 - y1) / area
             if self.min_area <= frac <= self.max_area:
