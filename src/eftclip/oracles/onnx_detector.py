@@ -116,7 +116,8 @@ class OnnxDetectorOracle(BaseOracle):
     of :data:`DECODERS`.  ``min_score``: detections below it are not decoded at all
     (a pre-filter; theta is the caller's).  ``nms_iou``: per-class NMS threshold.
     ``wordnet``/``synonyms``: passed to :class:`VocabularyMapper`.  ``threads``:
-    onnxruntime intra-op threads (None: its default).
+    onnxruntime intra-op threads (None: its default).  ``providers``: onnxruntime
+    execution providers in order of preference (e.g. ``CUDAExecutionProvider`` first).
 
     A finding's score is the detector's score for its class; each prompt mapped
     onto that class gets its own :class:`Found` with ``mask=None``.
@@ -135,6 +136,7 @@ class OnnxDetectorOracle(BaseOracle):
         wordnet: bool | str = "auto",
         synonyms: Sequence[Sequence[str]] | None = None,
         threads: int | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
     ):
         super().__init__(min_score=min_score)
         model_path = Path(model_path)
@@ -152,7 +154,7 @@ class OnnxDetectorOracle(BaseOracle):
         if threads:
             opts.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise EftclipError(f"{model_path}: onnxruntime cannot load this model ({exc})") from exc
         inp = self.session.get_inputs()[0]
