@@ -53,24 +53,27 @@ def test_decide_robust_and_faithful():
     recs = _records()
     p = DecideParams(tau=5, theta=0.66, mode="robust", min_count=5, target="umbrellas")
     res = decide(lambda: iter(recs), p)
-    assert res["K"] == ["sky", "umbrella"]
-    # 'sky' is found only at 0.5 < theta, so at theta 0.66 it is always unconfirmed: robust K has it too,
-    # but it is never top-1, so the top1 flag rule flags exactly the triggered images
+    # default evidence is rank 1: 'sky' (never top-1) cannot enter K although it is always unconfirmed
+    assert res["K"] == ["umbrella"]
     m = res["metrics_by_mode"]["robust_top1"]
     assert m["detection_rate"] == 1.0 and m["false_positive_rate"] == 0.0
+    assert res["metrics"] == m and res["chosen"] == "robust_top1"
     assert res["target"] == "umbrella" and res["target_in_K"] is True
-    # topk: every image holds 'sky' (or the clean image's rank-5 umbrella) unconfirmed -> everything flagged
+    # flagging anywhere in L_i: clean images rank umbrella 5th, unconfirmed -> all flagged
     assert res["metrics_by_mode"]["robust_topk"]["false_positive_rate"] == 1.0
     # affected labels of flagged images are the oracle's confirmed labels minus K
     prof = {r["label"]: r["count"] for r in res["profile"]}
     assert set(prof) <= {"dog", "cat", "boat", "tree", "car", "house"} and sum(prof.values()) == 20 * 3
-    # the faithful K contains every unconfirmed label at this theta
+    # the faithful K holds every label unconfirmed once at this theta
     assert set(res["K_faithful"]) == {"umbrella", "sky"}
     assert res["metrics_by_mode"]["faithful"]["detection_rate"] == 1.0
-    # at a lower theta 'sky' is confirmed and drops out of both K
+    assert res["metrics_by_mode"]["faithful"]["false_positive_rate"] == 1.0
+    # counting evidence anywhere in L_i lets the always-missed 'sky' into K as well
+    res_k = decide(lambda: iter(recs), DecideParams(tau=5, theta=0.66, min_count=5, evidence="topk"))
+    assert res_k["K"] == ["sky", "umbrella"]
+    # at a lower theta 'sky' is confirmed and drops out of the faithful K too
     res2 = decide(lambda: iter(recs), DecideParams(tau=5, theta=0.45, min_count=5))
     assert res2["K_robust"] == ["umbrella"] and res2["K_faithful"] == ["umbrella"]
-    assert res2["metrics_by_mode"]["robust_topk"]["false_positive_rate"] == 1.0  # rank-5 umbrella on clean
     assert res2["metrics_by_mode"]["robust_top1"]["false_positive_rate"] == 0.0
     # below the umbrella's faint find (0.3) the oracle 'confirms' umbrella: nothing is a trigger
     res3 = decide(lambda: iter(recs), DecideParams(tau=5, theta=0.2, min_count=5))
@@ -106,7 +109,7 @@ def test_write_outputs_and_figure(tmp_path):
     res = decide(lambda: iter(recs), DecideParams(tau=5, theta=0.45, min_count=3, target="umbrella"), figure_n=3)
     m = write_outputs(tmp_path, res, n_listed=12)
     trig = json.loads((tmp_path / "triggers.json").read_text())
-    assert trig["K"] == ["umbrella"] and trig["evidence"]["umbrella"]["unconfirmed"] == 12  # rank 5 on clean images too
+    assert trig["K"] == ["umbrella"] and trig["evidence"]["umbrella"]["unconfirmed"] == 6  # the triggered images, where it is top-1
     with open(tmp_path / "affected_labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows and abs(sum(float(r["frequency"]) for r in rows) - 1) < 1e-4

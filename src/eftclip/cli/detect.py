@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--theta", type=float, help="oracle confidence threshold in [0, 1] (default 0.66)")
     p.add_argument("--mode", choices=("robust", "faithful"), help="robust (default) or faithful (the paper as written)")
     p.add_argument("--flag-rule", choices=("top1", "topk"), help="robust: trigger at rank 1 (default) or anywhere in L_i")
-    p.add_argument("--evidence", choices=("top1", "topk"), help="robust: count a label ranked anywhere (topk, default) or at rank 1")
+    p.add_argument("--evidence", choices=("top1", "topk"), help="robust: count a label where CLIP ranks it first (top1, default) or anywhere in L_i (topk)")
     p.add_argument("--min-share", type=float, help="robust q: unconfirmed share for a label to enter K (default 0.66)")
     p.add_argument("--min-count", type=int, help="robust m: least judged images for a label to enter K (default 5)")
     p.add_argument("--target", help="the true attack target, when known (metrics report whether it is in K)")

@@ -38,9 +38,13 @@ Robust mode
 Two passes over the per-image records (no second model pass):
 
 1. Evidence per label (:func:`gather_evidence`): ``ranked`` = number of
-   images whose ``L_i`` holds the label (``top1`` counts only rank 1);
-   ``unconfirmed`` = of those, images where the oracle did not confirm it
-   (label not in ``S_i``).  Labels the oracle reported as *unknown* (it
+   images where CLIP ranks the label first (``evidence="top1"``, the default
+   of the runner) or anywhere in ``L_i`` (``"topk"``); ``unconfirmed`` = of
+   those, images where the oracle did not confirm it (label not in
+   ``S_i``).  Rank 1 is the default because most of a top-tau list is
+   legitimately absent from a scene with fewer than tau objects, so under
+   ``"topk"`` every label collects unconfirmed votes; a trigger, in contrast,
+   takes rank 1 and is still not there.  Labels the oracle reported as *unknown* (it
    cannot represent the prompt) are counted apart and are never evidence of
    a trigger.  ``R_i`` is not used to confirm: a crop holding the trigger
    patch is named after the trigger by the poisoned CLIP, which would hide

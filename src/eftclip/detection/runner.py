@@ -84,7 +84,7 @@ class DetectConfig:
     theta: float = 0.66  # oracle confidence threshold in [0, 1]
     mode: str = "robust"  # "robust" or "faithful" (the paper's rules as written)
     flag_rule: str = "top1"  # robust: a trigger of K flags an image at rank 1 ("top1") or anywhere in L_i ("topk")
-    evidence: str = "topk"  # robust: count a label as ranked wherever in L_i ("topk") or only at rank 1 ("top1")
+    evidence: str = "top1"  # robust: count a label as ranked only at rank 1 ("top1") or wherever in L_i ("topk")
     min_share: float = 0.66  # robust: q, share of images where ranked that leave the label unconfirmed
     min_count: int = 5  # robust: m, least number of judged images for a label to enter K
     target: str | None = None  # the true attack target, when known (metrics: is it in K)
@@ -108,7 +108,7 @@ class DecideParams:
     theta: float = 0.66  # oracle confidence threshold
     mode: str = "robust"  # "robust" | "faithful"
     flag_rule: str = "top1"  # robust flag rule
-    evidence: str = "topk"  # robust evidence counting
+    evidence: str = "top1"  # robust evidence counting (rank 1 only, or "topk")
     min_share: float = 0.66  # robust q
     min_count: int = 5  # robust m
     target: str | None = None  # true target, when known

@@ -62,7 +62,7 @@ class SweepConfig:
     taus: tuple[int, ...] = (5, 7)  # CLIP list lengths
     mode: str = "robust"  # detection mode (see eftclip.detection.algorithms)
     flag_rule: str = "top1"  # robust flag rule
-    evidence: str = "topk"  # robust evidence counting
+    evidence: str = "top1"  # robust evidence counting (rank 1 only, or "topk")
     min_share: float = 0.66  # robust q
     min_count: int = 5  # robust m
     include_clean: bool = True  # also examine the untouched images (precision, false positives)
