@@ -73,6 +73,9 @@ def test_wordnet_hypernyms_without_the_table(coco_names, wordnet):
     assert m("umbrella") == "umbrella"
     assert m("banana split") is None  # a dessert, not a banana
     assert m("tree") is None  # not Sir Herbert Tree the actor (a person)
+    assert m("ostrich") == "bird"  # not "a person who refuses to face reality"
+    assert m("dalmatian") == "dog"  # not "a native of Dalmatia"
+    assert m("couch") == "sofa"  # a lemma of the same synset
 
 
 def test_nltk_wordnet_from_debian(tmp_path):

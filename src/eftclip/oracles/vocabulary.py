@@ -363,14 +363,19 @@ class VocabularyMapper:
         except Exception:  # a malformed lemma inside nltk; treat as not in WordNet
             return None
         # Rare senses turn common words into people ("tree": Sir Herbert Tree, "frog": a
-        # Frenchman), so senses seen in WordNet's tagged corpus go first, most frequent
-        # first, unseen ones are tried only when no sense was ever seen, and proper
+        # Frenchman), so only senses seen in WordNet's tagged corpus count, most frequent
+        # first; unseen ones are tried only when no sense was ever seen, and proper
         # names (instances) never are.  Each sense climbs its own hypernyms before the
         # next sense is tried.
         senses = [s for s in senses if not s.instance_hypernyms()]
         counted = [(_sense_count(s, name), i, s) for i, s in enumerate(senses)]
         seen_senses = [c for c in counted if c[0] > 0]
-        ordered = [s for _, _, s in sorted(seen_senses or counted, key=lambda c: (-c[0], c[1]))]
+        if seen_senses:
+            ordered = [s for _, _, s in sorted(seen_senses, key=lambda c: (-c[0], c[1]))]
+        else:
+            # never seen in the corpus: figurative person senses ("ostrich": one who hides
+            # from reality, "dalmatian": a native of Dalmatia) go after the literal ones
+            ordered = sorted(senses, key=lambda s: s.lexname() == "noun.person")
         for sense in ordered:
             frontier, seen = [sense], {sense}
             for _depth in range(self.max_depth + 1):
