@@ -11,7 +11,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from training_fixtures import make_pairs  # noqa: E402
+from training_fixtures import make_pairs, write_eval_folder  # noqa: E402
 
 from eftclip.cli import main as cli_main  # noqa: E402
 from eftclip.errors import EftclipError  # noqa: E402
@@ -188,3 +188,25 @@ def test_cli_train_and_finetune_end_to_end(tmp_path, data, pretrained, capsys):
     assert rc == 0 and {"multimodal", "inmodal"} <= set(_summary(tmp_path / "cft")[0])
     rc = cli_main(["train", "--data", str(data), "--lr", "0", "--out", str(tmp_path / "bad")])
     assert rc == 2 and "--lr must be > 0" in capsys.readouterr().err
+
+
+def test_per_epoch_zero_shot_eval_columns(tmp_path, data, pretrained):
+    folder = write_eval_folder(tmp_path / "eval", 3)
+    out = tmp_path / "ev"
+    finetune(FinetuneConfig(checkpoint=str(pretrained / "final.safetensors"), data=str(data), epochs=1, batch_size=32,
+                            objective="clip", out=str(out), eval_data=str(folder), eval_classes=_names(tmp_path),
+                            eval_templates="simple", eval_attack="badnet", eval_target="triangle", **FAST))
+    row = _summary(out)[0]
+    assert 0.0 <= float(row["ca_top1"]) <= 1.0 and 0.0 <= float(row["asr"]) <= 1.0
+    with pytest.raises(EftclipError, match="--eval-attack and --eval-target"):
+        FinetuneConfig(checkpoint="c", data="d", eval_data="x", eval_classes="y", eval_attack="badnet").validate()
+
+
+def _names(tmp_path: Path) -> str:
+    import json
+
+    from training_fixtures import SHAPES
+
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps({s: s for s in SHAPES}))
+    return str(path)

@@ -107,3 +107,13 @@ def eval_images(n_per_class: int, seed: int = 99, fixed_colors: bool = False) ->
             imgs.append(draw(shape, COLORS[cname], bg, rng))
             labels.append(k)
     return np.stack(imgs), np.array(labels)
+
+
+def write_eval_folder(root: Path, n_per_class: int = 5, fixed_colors: bool = True) -> Path:
+    """Held-out images as an image folder ``root/<shape>/NNN.png`` for zero-shot evaluation."""
+    images, labels = eval_images(n_per_class, fixed_colors=fixed_colors)
+    for k, (img, label) in enumerate(zip(images, labels)):
+        folder = Path(root) / SHAPES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{k:04d}.png")
+    return Path(root)

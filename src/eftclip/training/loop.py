@@ -622,12 +622,13 @@ class _Run:
         res = evaluate(
             bundle,
             dataset,
-            templates=load_templates(cfg.eval_templates),
+            templates=load_templates(cfg.eval_templates),  # a spec: openai | cifar10 | simple | JSON file
             trigger=trigger,
             target=cfg.eval_target,
             seed=cfg.seed,
             batch_size=cfg.eval_batch_size,
             device=str(device),
+            progress=False,
         )
         out = {"ca_top1": res["ca_top1"], "ca_top5": res["ca_top5"]}
         if trigger is not None:
