@@ -72,6 +72,12 @@ def test_detect_then_curate(setup, capsys):
                  "--unaffected-ratio", "0.5", "--out", str(tmp / "ft"), "--seed", "1"]) == 0
     man = json.loads((tmp / "ft" / "manifest.json").read_text())
     assert man["size"] == 4 and sum(1 for _ in open(tmp / "ft" / "finetune.csv")) == 5
+    # labelled by a clean CLIP instead of caption words: every pool item gets exactly one vocabulary label
+    assert main(["curate", "--detection", str(tmp / "det"), "--pool", str(tmp / "pool.csv"), "--size", "3",
+                 "--label-by", "clip", "--clip-checkpoint", str(ckpt), "--out", str(tmp / "ftc")]) == 0
+    man = json.loads((tmp / "ftc" / "manifest.json").read_text())
+    assert man["label_by"] == "clip" and man["pool_unlabelled"] == 0
+    assert sum(v["available"] for v in man["labels"].values()) == 6
     assert main(["curate", "--detection", str(tmp / "det"), "--pool", str(tmp / "pool.csv"), "--size", "7",
                  "--out", str(tmp / "ft2")]) == 2
     assert "larger than the pool" in capsys.readouterr().err
