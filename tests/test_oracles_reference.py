@@ -165,3 +165,34 @@ def test_world_proposals_plug_in():
     res = o.find(noisy, ["red square", "blue disc"])
     assert res.best("red square").box_xyxy == (12.0, 10.0, 42.0, 40.0)
     assert res.best("blue disc").score > 0.9
+
+
+def test_world_region_classifier_as_labeller(tmp_path):
+    pytest.importorskip("eftclip.world.region_classifier", reason="the built-in world's classifier is not in this checkout")
+    from PIL import Image
+
+    from eftclip.world.region_classifier import train_region_classifier
+
+    rng = np.random.default_rng(3)
+    ref = tmp_path / "reference"
+    for name, colour in (("square", (220, 30, 30)), ("disc", (30, 30, 220)), ("background", None)):
+        (ref / name).mkdir(parents=True)
+        for i in range(40):
+            crop = np.clip(rng.normal(235, 8, (32, 32, 3)), 0, 255).astype(np.uint8)
+            if colour is not None:
+                yy, xx = np.mgrid[:32, :32]
+                shape = (np.abs(yy - 16) < 12) & (np.abs(xx - 16) < 12) if name == "square" else (yy - 16) ** 2 + (xx - 16) ** 2 < 144
+                crop[shape] = np.clip(np.array(colour) + rng.integers(-10, 11, 3), 0, 255)
+            Image.fromarray(crop).save(ref / name / f"{i}.png")
+    path = train_region_classifier(ref, tmp_path / "rc.safetensors", seed=0, epochs=4)
+    o = create_oracle("reference", region_classifier=str(path), regions="flat", wordnet=False, min_area=0.0)
+    assert set(o.scorer.labeller.classnames) >= {"square", "disc", "background"}
+    im = scene()
+    noisy = np.clip(im.astype(int) + rng.normal(0, 8, im.shape) * (im == 235), 0, 255).astype(np.uint8)
+    res = o.find(noisy, ["square", "disc", "umbrella"])
+    assert res.unknown == ["umbrella"]
+    for f in res.found:
+        assert f.label in ("square", "disc") and 0.0 <= f.score <= 1.0
+    assert res.best("square").box_xyxy == (12.0, 10.0, 42.0, 40.0) and res.best("square").score > 0.5
+    with pytest.raises(EftclipError, match="missing.safetensors"):
+        create_oracle("reference", region_classifier=str(tmp_path / "missing.safetensors"))

@@ -149,7 +149,7 @@ class ReferenceOracle(BaseOracle):
     ``labeller_bundle`` (a clean :class:`eftclip.models.ClipBundle`),
     ``labeller_checkpoint`` (a clean open_clip checkpoint; ``labeller_model`` names
     its architecture when no side file records it), or ``region_classifier``
-    (a path read by :func:`eftclip.world.load_region_classifier`).
+    (a path read by :func:`eftclip.world.region_classifier.load_region_classifier`).
     ``vocabulary``/``templates``: for CLIP labellers, the names scored alongside
     the prompts and the caption templates.
     ``regions``: a key of :data:`REGIONERS`, several joined by ``+`` (regions
@@ -209,7 +209,7 @@ class ReferenceOracle(BaseOracle):
 
             if not Path(region_classifier).exists():
                 raise EftclipError(f"{region_classifier}: region classifier not found")
-            from eftclip.world import load_region_classifier
+            from eftclip.world.region_classifier import load_region_classifier
 
             labeller = load_region_classifier(region_classifier)
         elif labeller is None:
