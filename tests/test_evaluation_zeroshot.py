@@ -109,6 +109,7 @@ def test_image_features_unit_rows(backdoored, folder):
         direct = F.normalize(backdoored.model.encode_image(
             torch.stack([backdoored.preprocess_val(im) for im in images])), dim=-1)
     assert torch.allclose(feats, direct, atol=1e-5)
+    assert image_features(backdoored, []).shape == (0, 64)
     # arrays (HWC uint8) give the same features as PIL images
     assert torch.allclose(image_features(backdoored, [np.asarray(im) for im in images]), feats, atol=1e-6)
 

@@ -7,7 +7,14 @@ import torch
 from open_clip.model import build_model_from_openai_state_dict
 
 from eftclip.errors import EftclipError
-from eftclip.models import create_model, load_checkpoint, read_state_dict, save_checkpoint
+from eftclip.models import (
+    CONFIG_DIR,
+    create_model,
+    load_checkpoint,
+    read_state_dict,
+    register_configs,
+    save_checkpoint,
+)
 from eftclip.models.checkpoints import sidecar_path
 
 
@@ -55,6 +62,11 @@ def test_safetensors_round_trip(vit, tmp_path):
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.allclose(vit.model.encode_image(x), loaded.model.encode_image(x))
+
+    # a safetensors file under another name is recognised by its header
+    renamed = tmp_path / "weights.bin"
+    renamed.write_bytes(out.read_bytes())
+    assert read_state_dict(renamed).keys() == vit.model.state_dict().keys()
 
     # without the side file the safetensors header still names the architecture
     sidecar_path(out).unlink()
@@ -184,3 +196,21 @@ def test_failed_save_keeps_previous_checkpoint(vit, tmp_path):
     assert json.loads(sidecar_path(out).read_text())["meta"] == {"v": 1}
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.safetensors"]
+
+
+def test_openai_layout_into_custom_text_model(vit, tmp_path):
+    # a custom-text architecture keeps its text tower under "text."; OpenAI-layout
+    # weights (top-level text keys) are moved there
+    cfg = json.loads((CONFIG_DIR / "eftclip-tiny-vit.json").read_text())
+    cfg["custom_text"] = True
+    cfg_file = tmp_path / "eftclip-test-custom-text.json"
+    cfg_file.write_text(json.dumps(cfg))
+    register_configs(cfg_file)
+    custom = create_model("eftclip-test-custom-text")
+    assert any(k.startswith("text.transformer.") for k in custom.model.state_dict())
+    path = tmp_path / "openai_layout.pt"
+    torch.save(dict(vit.model.state_dict()), path)
+    loaded = load_checkpoint(path, model_name="eftclip-test-custom-text")
+    tokens = vit.tokenizer(["a red umbrella"])
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.encode_text(tokens), vit.model.encode_text(tokens), atol=1e-6)

@@ -132,8 +132,13 @@ def image_features(
     finally:
         model.train(was_training)
     if not out:
-        dim = model.text_projection.shape[-1] if hasattr(model, "text_projection") else 0
-        return torch.zeros(0, dim, device=device)
+        dim = getattr(model.visual, "output_dim", None)
+        if dim is None:  # towers without the attribute (timm): ask the model itself
+            size = bundle.image_size
+            with torch.no_grad():
+                dim = _encode(model.eval(), torch.zeros(1, 3, size, size, device=device)).shape[1]
+            model.train(was_training)
+        return torch.zeros(0, int(dim), device=device)
     return torch.cat(out)
 
 

@@ -166,6 +166,17 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    # safetensors: 8-byte little-endian header length, then a JSON object; a torch
+    # file starts with a zip ("PK") or pickle (0x80) signature instead
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    size = int.from_bytes(head[:8], "little")
+    return 0 < size <= path.stat().st_size - 8
+
+
 def _load_torch(path: Path) -> Any:
     if _is_torchscript(path):
         raise EftclipError(
@@ -212,7 +223,8 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read the weights of a checkpoint file as a flat ``{name: tensor}`` on CPU.
 
-    ``*.safetensors`` is read with safetensors; anything else with
+    ``*.safetensors`` (or any file with a safetensors header) is read with
+    safetensors; anything else with
     ``torch.load(path, map_location="cpu", weights_only=True)`` and nothing
     else.  The container layouts of open_clip, OpenAI and CleanCLIP are
     unwrapped (``state_dict`` entry, ``module.``/``_orig_mod.`` prefixes).
@@ -226,7 +238,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise EftclipError(f"{path}: checkpoint file not found")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         obj: Any = _load_safetensors(path)
     else:
         obj = _load_torch(path)
