@@ -34,7 +34,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="weights file: .safetensors, or a weights-only torch file (open_clip, OpenAI or CleanCLIP layout)")
+                   help="weights file: .safetensors, or a weights-only torch file "
+                        "(open_clip, OpenAI or CleanCLIP layout)")
     p.add_argument("--model", metavar="NAME",
                    help="open_clip architecture (e.g. RN50, ViT-B-32, eftclip-tiny-vit); "
                         "default: the one recorded in the checkpoint's .json side file")
@@ -44,7 +45,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--templates", metavar="NAME|FILE",
                    help="prompt templates: openai, simple, cifar10, or a JSON list of '{}' strings; "
                         "default: cifar10 with --classes cifar10, else openai")
-    p.add_argument("--attack", metavar="NAME", help="trigger to apply for ASR (badnet, blended, wanet, trojannet, trojannn)")
+    p.add_argument("--attack", metavar="NAME",
+                   help="trigger to apply for ASR (badnet, blended, wanet, trojannet, trojannn)")
     p.add_argument("--attack-params", nargs="+", default=[], metavar="JSON|K=V",
                    help="trigger parameters: one JSON object, or key=value pairs")
     p.add_argument("--target", metavar="LABEL", help="the attack's target class (display or folder name)")
