@@ -658,11 +658,12 @@ def run_detection(cfg: DetectConfig, *, oracle=None, bundle=None) -> dict:
         write_text(out / f"rank{rank}.done", json.dumps(stats) + "\n")
         if rank != 0:
             return {"rank": rank, **stats}
+    order = {k: i for i, k in enumerate(keys)}
+    if world > 1:
         _wait_for_ranks(out, world, cfg.merge_timeout_s)
-        _merge(out, world)
+        _merge(out, world, order)
 
     # pass 2: decisions, then every output file
-    order = {k: i for i, k in enumerate(keys)}
     _sort_log(merged, order)
     with atomic_open(out / ".images.decided.jsonl", "w") as fh:
         result = decide(lambda: iter_records(merged), params, write=lambda r: fh.write(json.dumps(r) + "\n"),
@@ -684,19 +685,25 @@ def _wait_for_ranks(out: Path, world: int, timeout: float) -> None:
         time.sleep(2.0)
 
 
-def _merge(out: Path, world: int) -> None:
-    """Fold every rank's log into images.jsonl (one record per key), then drop the rank files."""
+def _merge(out: Path, world: int, order: dict[str, int]) -> None:
+    """Fold every rank's log into images.jsonl (one record per key, dataset order), then drop the rank files.
+
+    Each log is already in dataset order (ranks take every world-th image in
+    order), so a k-way merge streams them without holding the records in memory.
+    """
+    import heapq
+
     from eftclip.io import atomic_open
 
     seen: set[str] = set()
     merged = out / "images.jsonl"
     sources = [merged] + [out / f"images.rank{r}.jsonl" for r in range(world)]
+    streams = [((order.get(rec["key"], -1), rec) for rec in iter_records(src)) for src in sources]
     with atomic_open(out / ".images.merged.jsonl", "w") as fh:
-        for src in sources:
-            for rec in iter_records(src):
-                if rec["key"] not in seen:
-                    seen.add(rec["key"])
-                    fh.write(json.dumps(rec) + "\n")
+        for idx, rec in heapq.merge(*streams, key=lambda t: t[0]):
+            if idx >= 0 and rec["key"] not in seen:
+                seen.add(rec["key"])
+                fh.write(json.dumps(rec) + "\n")
     os.replace(out / ".images.merged.jsonl", merged)
     for r in range(world):
         (out / f"images.rank{r}.jsonl").unlink(missing_ok=True)
@@ -704,13 +711,22 @@ def _merge(out: Path, world: int) -> None:
 
 
 def _sort_log(path: Path, order: dict[str, int]) -> None:
-    """Put the records of ``path`` in dataset order (Algorithm 1 grows K in that order); drop strays."""
+    """Put the records of ``path`` in dataset order (Algorithm 1 grows K in that order); drop strays.
+
+    A log written by one process is already in order; checking that streams.
+    """
     from eftclip.io import atomic_open
 
-    recs = [r for r in iter_records(path) if r["key"] in order]
-    idx = [order[r["key"]] for r in recs]
-    if idx == sorted(idx) and len(recs) == sum(1 for _ in iter_records(path)):
+    last, in_order = -1, True
+    for r in iter_records(path):
+        idx = order.get(r["key"], -1)
+        if idx <= last:
+            in_order = False
+            break
+        last = idx
+    if in_order:
         return
+    recs = [r for r in iter_records(path) if r["key"] in order]
     recs.sort(key=lambda r: order[r["key"]])
     with atomic_open(path, "w") as fh:
         for r in recs:
