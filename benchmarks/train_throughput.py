@@ -11,10 +11,11 @@ that process's max RSS).  Samples/s is the steady-state rate (epochs after the
 first, so one-time set-up such as eftclip's image cache is excluded; the
 end-to-end wall time includes it and is printed too).
 
-The reference is open_clip's own trainer (``python -m open_clip_train.main``)
-when the ``open_clip_train`` package is installed.  It is not on the package
-index this project can reach, so otherwise the reference is a plain loop in
-open_clip's style, written here: a torch ``DataLoader`` that opens and
+The reference is open_clip's own trainer (``open_clip_train.main``, shipped
+inside the ``open_clip_torch`` wheel; it needs ``pandas``), run with
+``--precision fp32 --workers 0 --device cpu`` and the same torch thread count.
+When it cannot be imported the reference is a plain loop in open_clip's
+style, written here: a torch ``DataLoader`` that opens and
 transforms every image with open_clip's ``preprocess_train`` at every step,
 open_clip's ``ClipLoss``, ``torch.optim.AdamW`` (default implementation) and
 the same cosine schedule.  The printed table says which reference ran.
@@ -133,6 +134,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads on both sides")
+    p.add_argument("--workers", type=int, default=0, help="open_clip_train DataLoader workers")
     p.add_argument("--data", help="an existing CSV with image,caption,filepath,title columns")
     p.add_argument("--_baseline", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -156,14 +158,17 @@ def main() -> None:
 
         if importlib.util.find_spec("open_clip_train") is not None:
             ref_name = "open_clip_train.main"
+            # eftclip.models is imported first so that open_clip knows the project's tiny configs
+            launcher = "import sys, eftclip.models; from open_clip_train.main import main; main(sys.argv[1:])"
             wall_r, mem_r, _ = run_measured(
-                [sys.executable, "-m", "open_clip_train.main", "--train-data", str(data), "--csv-img-key", "filepath",
-                 "--csv-caption-key", "title", "--csv-separator", ",", "--model", args.model, "--workers", "0",
-                 "--logs", str(tmp / "oc"), "--name", "bench", "--save-frequency", "0", "--report-to", "",
-                 "--dataset-type", "csv", *common],
+                [sys.executable, "-c", launcher, "--train-data", str(data), "--csv-img-key", "filepath",
+                 "--csv-caption-key", "title", "--csv-separator", ",", "--model", args.model, "--workers",
+                 str(args.workers), "--logs", str(tmp / "oc"), "--name", "bench", "--save-frequency", "0",
+                 "--report-to", "", "--dataset-type", "csv", "--device", "cpu", "--precision", "fp32",
+                 "--log-every-n-steps", "1", "--seed", "0", *common],
                 env,
             )
-            rates_r = _open_clip_rates(tmp / "oc" / "bench")
+            rates_r = _open_clip_rates(tmp / "oc" / "bench", args.epochs)
         else:
             ref_name = "open_clip-style loop (open_clip_train not installed)"
             wall_r, mem_r, out = run_measured(
@@ -190,8 +195,9 @@ def _steady(rates: list[float]) -> float:
     return sum(tail) / len(tail)
 
 
-def _open_clip_rates(run: Path) -> list[float]:
-    # open_clip_train logs "... Data (t): ... Batch (t): ..., N/s, M/s/gpu" lines to out.log
+def _open_clip_rates(run: Path, epochs: int) -> list[float]:
+    # open_clip_train logs "... Data (t): ... Batch (t): ..., N/s, M/s/gpu" lines to out.log, one per
+    # step here; its first epoch is dropped like eftclip's (warm-up of allocators and caches)
     rates = []
     log = run / "out.log"
     if log.exists():
@@ -201,7 +207,11 @@ def _open_clip_rates(run: Path) -> list[float]:
                     rates.append(float(line.split("/s/gpu")[0].split(",")[-1].strip().split("/s")[0]))
                 except ValueError:
                     pass
-    return rates or [float("nan")]
+    if not rates:
+        return [float("nan")]
+    per_epoch = max(1, len(rates) // max(1, epochs))
+    return [sum(rates[:per_epoch]) / per_epoch] + rates[per_epoch:]
+
 
 
 if __name__ == "__main__":
