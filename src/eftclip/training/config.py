@@ -19,7 +19,10 @@ from eftclip.errors import EftclipError
 
 # fields that do not change the numbers a run produces: they may differ on --resume
 RESUME_NEUTRAL = frozenset(
-    {"out", "resume", "progress", "tensorboard", "device", "workers", "cpu_threads", "eval_batch_size", "records"}
+    {
+        "out", "resume", "progress", "tensorboard", "device", "workers", "cpu_threads",
+        "cache_images", "cache_max_mb", "save_every_steps", "keep_checkpoints", "eval_batch_size", "records",
+    }
 )
 
 
@@ -47,8 +50,8 @@ class TrainConfig:
     save_every_steps: int = 0  # also checkpoint every N optimiser steps inside an epoch (0 = per epoch only)
     keep_checkpoints: int = 2  # how many step/epoch checkpoints to keep (the final one is always kept)
     resume: bool = False  # continue the run in `out` from its last checkpoint
-    cache_images: bool | None = None  # decode images once into memory; None = on when <= cache_limit images
-    cache_limit: int = 50000  # dataset size under which cache_images=None turns caching on
+    cache_images: bool | None = None  # decode images once into memory (uint8 at model size); None = when under cache_max_mb
+    cache_max_mb: int = 2048  # cache_images=None caches when N x 3 x S x S bytes fit in this many MiB
     workers: int = 0  # DataLoader workers when images are not cached
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     cpu_threads: int | None = None  # torch intra-op threads during the run (None = torch's default); 1 is fastest on a busy CPU
@@ -109,7 +112,7 @@ class FinetuneConfig:
     keep_checkpoints: int = 2  # checkpoints kept
     resume: bool = False  # continue from the last checkpoint in `out`
     cache_images: bool | None = None  # see TrainConfig
-    cache_limit: int = 50000  # see TrainConfig
+    cache_max_mb: int = 2048  # see TrainConfig
     workers: int = 0  # DataLoader workers when not cached
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cpu_threads: int | None = None  # see TrainConfig

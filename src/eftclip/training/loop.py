@@ -283,7 +283,8 @@ class _Run:
             mode = "cleanclip" if cfg.objective == "cleanclip" else "finetune-clip"
         needs_eda = mode == "cleanclip" or (mode == "roclip" and cfg.roclip_augment)
         eda = EDA(default_synonyms(), alpha=getattr(cfg, "eda_alpha", 0.1)) if needs_eda else None
-        cache = cfg.cache_images if cfg.cache_images is not None else len(pairs) <= cfg.cache_limit
+        cache_mb = len(pairs) * 3 * bundle.image_size**2 / 2**20
+        cache = cfg.cache_images if cfg.cache_images is not None else cache_mb <= cfg.cache_max_mb
         show = cfg.progress and info.is_main
         dataset = PairDataset(
             pairs,
