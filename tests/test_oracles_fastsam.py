@@ -22,7 +22,13 @@ def weights(tmp_path_factory):
     cfg = dict(yaml_model_load("yolov8n-seg.yaml"))  # ships inside ultralytics
     cfg["scales"] = {"t": [0.33, 0.0625, 256]}  # a sixteenth of the width: ~250k parameters
     cfg["scale"], cfg["nc"] = "t", 1  # FastSAM segments one class, "object"
-    model = SegmentationModel(cfg, ch=3, nc=1, verbose=False)
+    import torch
+
+    # a random tiny net may propose no mask at all; fix its draw (without touching the
+    # global generator the other tests see) so the test is deterministic
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = SegmentationModel(cfg, ch=3, nc=1, verbose=False)
     model.task, model.args = "segment", {"task": "segment", "imgsz": 64}
     holder = YOLO("yolov8n-seg.yaml", task="segment")
     holder.model = model
@@ -35,7 +41,11 @@ def weights(tmp_path_factory):
 def clean_clip(tmp_path_factory):
     from eftclip.models import create_model, save_checkpoint
 
-    bundle = create_model("eftclip-tiny-vit")
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        bundle = create_model("eftclip-tiny-vit")
     return save_checkpoint(bundle.model, tmp_path_factory.mktemp("clip") / "clean.safetensors", model_name="eftclip-tiny-vit")
 
 
@@ -81,10 +91,14 @@ def test_fastsam_segments_and_scores_offline(weights, clean_clip, no_network):
             x1, y1, x2, y2 = f.box_xyxy
             assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
             assert f.mask is not None and f.mask.shape == (h, w) and f.mask.dtype == bool
-    # the prompts' probabilities share one softmax with the vocabulary, per mask
-    assert all(f.score < 1.0 for f in ra.found)
-    single = o.find(b, pb)
-    assert [round(f.score, 5) for f in single.found] == [round(f.score, 5) for f in rb.found]
+    # the prompts' probabilities of one mask come from one softmax (with the vocabulary)
+    per_box = {}
+    for f in ra.found:
+        per_box[f.box_xyxy] = per_box.get(f.box_xyxy, 0.0) + f.score
+    assert all(total <= 1.0 + 1e-6 for total in per_box.values())
+    single = o.find(b, pb)  # alone, the image is letterboxed as in the batch: same answer
+    assert [(f.label, f.box_xyxy) for f in single.found] == [(f.label, f.box_xyxy) for f in rb.found]
+    assert np.allclose([f.score for f in single.found], [f.score for f in rb.found], atol=1e-4)
     assert no_network == []  # nothing tried to reach the network (fonts, assets, CLIP)
 
 

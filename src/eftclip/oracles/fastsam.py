@@ -118,6 +118,9 @@ class FastSAMOracle(BaseOracle):
         self.predict_kwargs = dict(
             imgsz=int(imgsz), conf=float(conf), iou=float(iou), max_det=int(max_det),
             retina_masks=True, verbose=False, device=device,
+            # letterbox every image to the full square, as a mixed batch is; otherwise an image
+            # alone gets minimal padding and its masks depend on its batch-mates
+            rect=False,
         )
         self.batch_size = int(batch_size)
         self.crop, self.pad = crop, float(pad)
