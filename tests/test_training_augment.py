@@ -101,10 +101,12 @@ def test_fallback_table_warns_when_wordnet_missing(monkeypatch):
             raise LookupError("Resource wordnet not found")
 
     monkeypatch.setattr(aug, "WordNetSynonyms", Missing)
+    aug._wordnet_or_none.cache_clear()
     with pytest.warns(UserWarning, match="shipped synonym table"):
         source = aug.default_synonyms()
     assert isinstance(source, TableSynonyms)
     assert "parasol" in source.synonyms("umbrella")
+    aug._wordnet_or_none.cache_clear()
 
 
 def test_wordnet_source_when_installed():

@@ -152,16 +152,26 @@ class TableSynonyms:
 
 
 class WordNetSynonyms:
-    """Synonyms from WordNet's lemmas through NLTK (needs the ``wordnet`` corpus on disk)."""
+    """Synonyms from WordNet's lemmas, read offline through NLTK.
+
+    ``reader`` is an NLTK WordNet reader; by default the project's finder
+    (:func:`eftclip.oracles.vocabulary.load_wordnet`: ``$EFTCLIP_WORDNET_DIR``,
+    NLTK's data path, or Debian's ``wordnet-base`` files) supplies it.  Raises
+    LookupError when no WordNet data can be found, ImportError without NLTK.
+    """
 
     name = "wordnet"
 
-    def __init__(self, wordnet_module=None):
-        if wordnet_module is None:
-            from nltk.corpus import wordnet as wordnet_module  # optional extra 'wordnet'
+    def __init__(self, reader=None):
+        if reader is None:
+            import nltk  # noqa: F401  (optional extra 'wordnet'; ImportError when absent)
 
-            wordnet_module.ensure_loaded()  # LookupError when the corpus is not installed
-        self.wn = wordnet_module
+            from eftclip.oracles.vocabulary import load_wordnet
+
+            reader = load_wordnet()
+            if reader is None:
+                raise LookupError("no WordNet data found (nltk data path, $EFTCLIP_WORDNET_DIR, /usr/share/wordnet)")
+        self.wn = reader
 
     @functools.lru_cache(maxsize=65536)
     def synonyms(self, word: str) -> list[str]:
@@ -175,17 +185,25 @@ class WordNetSynonyms:
         return out
 
 
-def default_synonyms() -> SynonymSource:
-    """WordNet when NLTK and its corpus are installed, else the shipped table (with a warning)."""
+@functools.lru_cache(maxsize=1)
+def _wordnet_or_none() -> WordNetSynonyms | None:
     try:
         return WordNetSynonyms()
-    except (ImportError, LookupError, OSError) as exc:
-        warnings.warn(
-            f"EDA: WordNet is not available ({type(exc).__name__}); using eftclip's small shipped "
-            "synonym table instead (install the 'wordnet' extra and the WordNet corpus for full EDA)",
-            stacklevel=2,
-        )
-        return TableSynonyms()
+    except (ImportError, LookupError, OSError):
+        return None
+
+
+def default_synonyms() -> SynonymSource:
+    """WordNet when NLTK and WordNet data are installed, else the shipped table (with a warning)."""
+    source = _wordnet_or_none()
+    if source is not None:
+        return source
+    warnings.warn(
+        "EDA: WordNet is not available (install the 'wordnet' extra, i.e. nltk, and Debian's "
+        "wordnet-base + wordnet-sense-index); using eftclip's small shipped synonym table instead",
+        stacklevel=2,
+    )
+    return TableSynonyms()
 
 
 _NON_LETTERS = re.compile(r"[^a-z ]+")
@@ -242,9 +260,12 @@ class EDA:
 
     def random_insertion(self, words: list[str], n: int, rng: np.random.Generator) -> list[str]:
         out = list(words)
+        sources = [w for w in words if w not in STOP_WORDS]  # "a" -> "vitamin a" helps nobody
+        if not sources:
+            return out
         for _ in range(n):
             for _attempt in range(10):
-                word = out[int(rng.integers(len(out)))]
+                word = sources[int(rng.integers(len(sources)))]
                 options = self.synonyms.synonyms(word)
                 if options:
                     out.insert(int(rng.integers(len(out) + 1)), options[int(rng.integers(len(options)))])

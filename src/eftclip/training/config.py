@@ -37,7 +37,7 @@ class TrainConfig:
     batch_size: int = 128  # PER PROCESS; global contrastive batch = batch_size * world_size * accum_steps
     lr: float = 5e-4  # peak learning rate of the cosine schedule
     warmup: int = 10000  # linear warm-up steps (optimiser steps), as open_clip's --warmup
-    weight_decay: float = 0.1  # AdamW decay on weights (not on gains, biases, embeddings, logit_scale)
+    weight_decay: float = 0.1  # AdamW decay on weights (not on gains, biases, norms, logit_scale: open_clip's rule)
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.98  # AdamW beta2 (open_clip's default for CLIP from scratch)
     eps: float = 1e-6  # AdamW epsilon

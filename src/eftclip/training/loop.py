@@ -114,9 +114,9 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # open_clip's rule: no decay on gains/biases (ndim < 2), norms, embeddings, logit_scale
+    # open_clip's trainer rule: no decay on gains/biases (ndim < 2), batch/layer norms, logit_scale
     def exclude(name: str, p: torch.nn.Parameter) -> bool:
-        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name or "embedding" in name
+        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return [
