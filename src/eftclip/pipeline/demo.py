@@ -35,9 +35,9 @@ from eftclip.pipeline.stages import StageRunner
 # are for 224 px photos); --attack-param overrides any of them
 ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
     "badnet": {"pattern": "noise", "size": 6, "position": "random"},
-    "blended": {"alpha": 0.2},
+    "blended": {"alpha": 0.2, "pattern_size": 32},
     "wanet": {"k": 4, "s": 0.5},
-    "trojannet": {"cell": 2, "position": "random"},
+    "trojannet": {"cell_size": 2, "position": "random"},
     "trojannn": {"size": 6, "position": "random"},
 }
 
@@ -106,7 +106,7 @@ def quick_config(**overrides: Any) -> DemoConfig:
         poison_rate=0.05,
         model=ModelRecipe(epochs=6),
         finetune=FinetuneRecipe(size=300, large_size=0, epochs=5),
-        detect=DetectRecipe(scenes=160, oracle_seconds=8.0),
+        detect=DetectRecipe(scenes=150, oracle_seconds=8.0),
     )
     return dataclasses.replace(base, **overrides)
 

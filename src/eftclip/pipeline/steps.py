@@ -127,7 +127,8 @@ def _device(ctx: Context) -> str:
     return ctx.device
 
 
-def pretrain(ctx: Context, name: str, csv: str, recipe: Any) -> dict:
+def pretrain(ctx: Context, name: str, csv: str, recipe: Any, *, train_args: dict | None = None) -> dict:
+    """``train_args``: further :class:`TrainConfig` fields (workers, cache_images, defense, ...)."""
     from eftclip.training import TrainConfig, train
 
     out = ctx.out / "models" / name
@@ -135,7 +136,7 @@ def pretrain(ctx: Context, name: str, csv: str, recipe: Any) -> dict:
         data=csv, model=recipe.model, out=str(out), epochs=recipe.epochs, batch_size=recipe.batch_size,
         lr=recipe.lr, warmup=recipe.warmup, weight_decay=recipe.weight_decay, seed=ctx.seed,
         device=_device(ctx), progress=ctx.progress,
-        resume=(out / "config.yaml").exists(),
+        resume=(out / "config.yaml").exists(), **(train_args or {}),
     )
     t0 = time.perf_counter()
     summary = train(cfg)
@@ -143,7 +144,9 @@ def pretrain(ctx: Context, name: str, csv: str, recipe: Any) -> dict:
             "summary": _jsonable(summary)}
 
 
-def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *, subset: int | None = None) -> dict:
+def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *, subset: int | None = None,
+             train_args: dict | None = None) -> dict:
+    """``train_args``: further :class:`FinetuneConfig` fields (workers, cache_images, ...)."""
     from eftclip.training import FinetuneConfig, finetune as run_finetune
 
     out = ctx.out / "defenses" / name
@@ -151,7 +154,7 @@ def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *,
         checkpoint=checkpoint, data=csv, out=str(out), objective="cleanclip", subset=subset,
         subset_seed=ctx.seed, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
         warmup=recipe.warmup, seed=ctx.seed, device=_device(ctx), progress=ctx.progress,
-        resume=(out / "config.yaml").exists(),
+        resume=(out / "config.yaml").exists(), **(train_args or {}),
     )
     t0 = time.perf_counter()
     summary = run_finetune(cfg)
@@ -195,7 +198,10 @@ def train_oracle(ctx: Context, *, seconds: float) -> dict:
     return {"region_classifier": str(path)}
 
 
-def detect(ctx: Context, checkpoint: str, csv: str, oracle: dict, recipe: Any) -> dict:
+def detect(ctx: Context, checkpoint: str, csv: str, oracle: dict, recipe: Any, *,
+           oracle_args: dict | None = None) -> dict:
+    """``oracle_args``: the reference oracle's constructor arguments; default: the world's
+    region classifier over foreground regions (``oracle["region_classifier"]``)."""
     from eftclip.detection.runner import DetectConfig, run_detection
     from eftclip.io import read_json
 
@@ -209,7 +215,9 @@ def detect(ctx: Context, checkpoint: str, csv: str, oracle: dict, recipe: Any) -
     cfg = DetectConfig(
         checkpoint=checkpoint, images=csv, out=str(out),
         vocab=str(vocab_file) if vocab is not None else "mined",
-        oracle="reference", oracle_args={"region_classifier": oracle["region_classifier"], "regions": "foreground"},
+        oracle="reference",
+        oracle_args=oracle_args if oracle_args is not None else {"region_classifier": oracle["region_classifier"],
+                                                                 "regions": "world"},
         tau=recipe.tau, theta=recipe.theta, mode=recipe.mode, target=ctx.target,
         templates=tuple(ctx.templates), resume=(out / "images.jsonl").exists() or (out / "run.json").exists(),
     )
@@ -231,7 +239,7 @@ def curate(ctx: Context, detection_dir: str, recipe: Any) -> dict:
     out = ctx.out / "curated"
     manifest = run_curate(detection_dir, ctx.world["pool_csv"], size=recipe.size,
                           unaffected_ratio=recipe.unaffected_ratio, out=out, seed=ctx.seed)
-    return {"csv": str(out / "data.csv"), "manifest": _jsonable(manifest)}
+    return {"csv": str(manifest.get("csv", out / "finetune.csv")), "manifest": _jsonable(manifest)}
 
 
 # --------------------------------------------------------------------------- summaries and report
