@@ -95,6 +95,11 @@ def test_detect_config_file_and_bad_flags(setup, capsys):
     assert "--checkpoint is required" in capsys.readouterr().err
     assert main(_detect_args(tmp, ckpt, tmp / "d4", "--oracle-arg", "oops")) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+    args = _detect_args(tmp, ckpt, tmp / "d6")
+    args[args.index("--checkpoint") + 1] = str(tmp / "missing.safetensors")
+    assert main(args) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+    assert not (tmp / "d6" / "run.json").exists()  # no half-started run left behind
     bad = tmp / "bad.yaml"
     bad.write_text("checkpoint: x\nimages: y\nthresh: 3\n")
     assert main(["detect", "--config", str(bad), "--out", str(tmp / "d5")]) == 2

@@ -595,7 +595,7 @@ def run_detection(cfg: DetectConfig, *, oracle=None, bundle=None) -> dict:
     ``{"rank": r, ...}`` after their shard.
     """
     from eftclip.config import write_config
-    from eftclip.io import append_jsonl, atomic_open, repair_jsonl, write_json, write_text
+    from eftclip.io import atomic_open, repair_jsonl, write_json, write_text
 
     t0 = time.time()
     if cfg.on_error not in ON_ERROR:
@@ -627,12 +627,7 @@ def run_detection(cfg: DetectConfig, *, oracle=None, bundle=None) -> dict:
     settings = _settings(cfg, vocab)
     out.mkdir(parents=True, exist_ok=True)
     _check_out(out, settings, cfg, rank)
-    # every rank writes the same run.json (atomic), so whichever rank starts first marks the folder
-    write_json(out / "run.json", settings)
-    if rank == 0:
-        write_config(out / "config.yaml", cfg)
-        write_text(out / "vocab.txt", "\n".join(vocab) + "\n")
-
+    # build the models before marking the folder: a missing checkpoint leaves no half-started run
     if oracle is None:
         from eftclip.oracles import create_oracle
 
@@ -642,6 +637,11 @@ def run_detection(cfg: DetectConfig, *, oracle=None, bundle=None) -> dict:
 
         bundle = load_checkpoint(cfg.checkpoint, device=cfg.device)
     scorer = ClipScorer(bundle, vocab, cfg.templates, cfg.device, cfg.batch_size)
+    # every rank writes the same run.json (atomic), so whichever rank starts first marks the folder
+    write_json(out / "run.json", settings)
+    if rank == 0:
+        write_config(out / "config.yaml", cfg)
+        write_text(out / "vocab.txt", "\n".join(vocab) + "\n")
 
     merged = out / "images.jsonl"
     log = merged if world == 1 else out / f"images.rank{rank}.jsonl"
