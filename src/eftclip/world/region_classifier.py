@@ -37,9 +37,9 @@ class RegionClassifierConfig:
     """Architecture and training settings of the region classifier."""
 
     input_size: int = 32  # crops are resized (bilinear) to input_size x input_size
-    widths: tuple[int, ...] = (24, 48, 96, 96)  # channels of the conv blocks (each halves the size)
+    widths: tuple[int, ...] = (16, 32, 64, 64)  # channels of the conv blocks (each halves the size)
     batch_size: int = 128  # training batch
-    lr: float = 3e-3  # AdamW peak learning rate (cosine decay)
+    lr: float = 5e-3  # AdamW peak learning rate (cosine decay)
     weight_decay: float = 1e-4  # AdamW weight decay
     val_fraction: float = 0.1  # share of reference crops held out to measure accuracy
 
@@ -167,7 +167,10 @@ def train_region_classifier(
     val_idx, tr_idx = torch.from_numpy(perm[:n_val]), torch.from_numpy(perm[n_val:])
     xtr, ytr = x_all[tr_idx], y_all[tr_idx]
 
-    net = RegionNet(len(classes), tuple(config.widths))
+    # the layers' default init draws from the global RNG: fork it so that the caller's stream
+    # is left as it was, then initialise from our own generator
+    with torch.random.fork_rng(devices=[]):
+        net = RegionNet(len(classes), tuple(config.widths))
     _init(net, gen)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(ytr) / config.batch_size))
@@ -240,7 +243,8 @@ def load_region_classifier(path: str | os.PathLike) -> RegionClassifier:
     if meta.get("format") != FORMAT:
         raise EftclipError(f"{side}: not a region classifier side file (format {meta.get('format')!r})")
     cfg = RegionClassifierConfig(**{**meta["config"], "widths": tuple(meta["config"]["widths"])})
-    net = RegionNet(len(meta["classnames"]), cfg.widths)
+    with torch.random.fork_rng(devices=[]):
+        net = RegionNet(len(meta["classnames"]), cfg.widths)
     try:
         net.load_state_dict(load_file(str(weights)))
     except (RuntimeError, OSError) as exc:

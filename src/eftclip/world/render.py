@@ -8,6 +8,7 @@ colour; that contrast is what makes class-agnostic region proposals possible
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -111,6 +112,17 @@ def _pick_colour(
     return name, PALETTE[name]
 
 
+# rotations are drawn on a grid of this step (radians) so that silhouettes can be cached
+ANGLE_STEP = 0.05
+
+
+@lru_cache(maxsize=20000)
+def _silhouette(category: str, side: int, angle_index: int, flip: bool) -> np.ndarray:
+    mask = rasterize(category, side, angle=angle_index * ANGLE_STEP, flip=flip)
+    mask.setflags(write=False)
+    return mask
+
+
 def _box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
     ys, xs = np.nonzero(mask)
     return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
@@ -147,7 +159,8 @@ def render_scene(
         for _ in range(30):
             side = int(round(rng.uniform(*scale) * size))
             side = max(4, min(side, size))
-            shape = rasterize(cat, side, angle=rng.uniform(-max_rotation, max_rotation), flip=bool(rng.integers(2)))
+            angle_index = int(round(rng.uniform(-max_rotation, max_rotation) / ANGLE_STEP))
+            shape = _silhouette(cat, side, angle_index, bool(rng.integers(2)))
             x0 = int(rng.integers(0, size - side + 1))
             y0 = int(rng.integers(0, size - side + 1))
             full = np.zeros((size, size), bool)
