@@ -210,3 +210,40 @@ def _names(tmp_path: Path) -> str:
     path = tmp_path / "classes.json"
     path.write_text(json.dumps({s: s for s in SHAPES}))
     return str(path)
+
+
+@pytest.mark.slow  # two extra process start-ups and a 96-step run twice: about 30 s here
+def test_resume_after_sigkill_of_a_real_process(tmp_path, data):
+    """A process killed with SIGKILL while it trains and checkpoints every step resumes to the same weights."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    args = ["--data", str(data), "--model", MODEL, "--epochs", "12", "--batch-size", "16", "--lr", "2e-3",
+            "--warmup", "2", "--save-every-steps", "1", "--no-progress", "--cpu-threads", "1", "--device", "cpu"]
+    killed = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "eftclip", "train", *args, "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = killed / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads(latest.read_text())["global_step"] >= 6:
+                break
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final.safetensors").exists()
+    assert cli_main(["train", *args, "--out", str(killed), "--resume"]) == 0
+
+    whole = tmp_path / "whole"
+    assert cli_main(["train", *args, "--out", str(whole)]) == 0
+    a = read_state_dict(whole / "final.safetensors")
+    b = read_state_dict(killed / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the unbroken run"

@@ -239,7 +239,9 @@ class _Run:
                 f"{path}: checkpoint holds architecture {recorded!r}, but --model is {cfg.model!r}; "
                 f"drop --model or pass the matching one"
             )
-        return load_checkpoint(path, model_name=cfg.model)
+        # create_model's throw-away random init would draw from the caller's global generator
+        with torch.random.fork_rng(devices=[]):
+            return load_checkpoint(path, model_name=cfg.model)
 
     def _precision(self, device: torch.device) -> str:
         p = self.cfg.precision
@@ -485,6 +487,7 @@ class _Run:
             "steps": global_step,
             "pairs": len(pairs),
             "world_size": info.world_size,
+            "eda_synonyms": eda.synonyms.name if eda is not None else None,
             "last_epoch": last,
         }
         if info.is_main:
