@@ -168,7 +168,8 @@ def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *,
             "seconds": time.perf_counter() - t0, "summary": _jsonable(summary)}
 
 
-def evaluate(ctx: Context, checkpoint: str, trig: dict) -> dict:
+def evaluate(ctx: Context, checkpoint: str, trig: dict, *, num_workers: int = 0, batch_size: int = 256) -> dict:
+    """``num_workers``: DataLoader workers that load and trigger the images (GPU runs)."""
     from eftclip.data.zeroshot import ImageFolderSet
     from eftclip.evaluation.zeroshot import evaluate as zs_evaluate
     from eftclip.models import load_checkpoint
@@ -178,7 +179,8 @@ def evaluate(ctx: Context, checkpoint: str, trig: dict) -> dict:
     dataset = ImageFolderSet(eval_dir, classnames=classnames)
     device = "cuda" if ctx.device == "auto" and _cuda() else ("cpu" if ctx.device == "auto" else ctx.device)
     return _jsonable(zs_evaluate(bundle, dataset, templates=ctx.templates, trigger=make_trigger(trig),
-                                 target=ctx.target, seed=ctx.seed, device=device, progress=ctx.progress))
+                                 target=ctx.target, seed=ctx.seed, device=device, progress=ctx.progress,
+                                 num_workers=num_workers, batch_size=batch_size))
 
 
 def _cuda() -> bool:
@@ -199,9 +201,10 @@ def train_oracle(ctx: Context, *, seconds: float) -> dict:
 
 
 def detect(ctx: Context, checkpoint: str, csv: str, oracle: dict, recipe: Any, *,
-           oracle_args: dict | None = None) -> dict:
+           oracle_args: dict | None = None, detect_args: dict | None = None) -> dict:
     """``oracle_args``: the reference oracle's constructor arguments; default: the world's
-    region classifier over foreground regions (``oracle["region_classifier"]``)."""
+    region classifier over foreground regions (``oracle["region_classifier"]``).
+    ``detect_args``: further :class:`DetectConfig` fields (device, batch_size, min_share, ...)."""
     from eftclip.detection.runner import DetectConfig, run_detection
     from eftclip.io import read_json
 
@@ -220,6 +223,7 @@ def detect(ctx: Context, checkpoint: str, csv: str, oracle: dict, recipe: Any, *
                                                                  "regions": "world"},
         tau=recipe.tau, theta=recipe.theta, mode=recipe.mode, target=ctx.target,
         templates=tuple(ctx.templates), resume=(out / "images.jsonl").exists() or (out / "run.json").exists(),
+        **(detect_args or {}),
     )
     metrics = run_detection(cfg)
     return {"dir": str(out), "metrics": _jsonable(metrics), "profile": read_profile(out / "affected_labels.csv")}

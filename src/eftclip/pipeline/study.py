@@ -130,6 +130,9 @@ class DetectSpec:
     tau: int = 3  # CLIP's list length
     theta: float = 0.3  # oracle confidence threshold
     mode: str = "robust"  # robust | faithful (see eftclip.detection.algorithms)
+    min_share: float = 0.66  # robust q: share of ranked images that leave a label unconfirmed to enter K
+    min_count: int = 5  # robust m: least judged images for a label to enter K
+    batch_size: int = 64  # images per detection batch
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,9 @@ class StudyConfig:
     poison_rate: float = 0.01  # default share of training pairs poisoned
     eval_templates: str = "cifar10"  # zero-shot prompt templates (evaluation and detection)
     progress: bool = True  # progress bars on stderr
+    eval_workers: int = 0  # DataLoader workers that load and trigger evaluation images (GPU runs)
+    eval_batch_size: int = 256  # evaluation batch
+    cpu_threads: int | None = None  # torch intra-op threads for the whole study on CPU (null = torch's default; 1 is fastest on a busy machine)
     data: DataSpec = field(default_factory=DataSpec)  # data and splits
     model: PretrainRecipe = field(default_factory=PretrainRecipe)  # clean, poisoned and RoCLIP pre-training
     oracle: OracleSpec = field(default_factory=OracleSpec)  # detection oracle
@@ -295,6 +301,18 @@ def _resolve_device(device: str) -> str:
 
 def run_study(cfg: StudyConfig, *, resume: bool = False, force: bool = False) -> dict:
     """Run (or continue) the study in ``cfg.out``; return the metrics written to ``metrics.json``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if cfg.cpu_threads:
+        torch.set_num_threads(int(cfg.cpu_threads))
+    try:
+        return _run_study(cfg, resume=resume, force=force)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_study(cfg: StudyConfig, *, resume: bool, force: bool) -> dict:
     from eftclip.config import to_dict, write_config
     from eftclip.data.zeroshot import load_classnames, load_templates
 
@@ -364,7 +382,8 @@ def run_study(cfg: StudyConfig, *, resume: bool = False, force: bool = False) ->
 
     def evaluate_stage(model: dict, trig: dict) -> dict:
         def fn(folder: Path) -> dict:
-            return steps.evaluate(ctx, model["checkpoint"], trig)
+            return steps.evaluate(ctx, model["checkpoint"], trig, num_workers=cfg.eval_workers,
+                                  batch_size=cfg.eval_batch_size)
 
         return cache.run("evaluate", {**eval_inputs, "model": model["key"], "trigger": trig["key"]}, fn)
 
@@ -413,13 +432,15 @@ def run_study(cfg: StudyConfig, *, resume: bool = False, force: bool = False) ->
         }
 
         def detect_fn(folder: Path, poisoned=poisoned, detect_set=detect_set, oracle_args=oracle_args) -> dict:
+            detect_args = {"device": device, "batch_size": cfg.detect.batch_size,
+                           "min_share": cfg.detect.min_share, "min_count": cfg.detect.min_count}
             return steps.detect(dataclasses.replace(ctx, out=folder), poisoned["checkpoint"], detect_set["csv"], {},
-                                cfg.detect, oracle_args=oracle_args)
+                                cfg.detect, oracle_args={**oracle_args, "device": device}, detect_args=detect_args)
 
         detection = runner.run(f"{a}/detect", lambda: cache.run(
             "detect", {"model": poisoned["key"], "images": detect_set["key"], "labeller": labeller["key"],
                        "oracle": {k: v for k, v in oracle_args.items() if k != "labeller_checkpoint"},
-                       "detect": dataclasses.asdict(cfg.detect), "templates": templates, "target": cfg.target},
+                       "detect": {k: v for k, v in dataclasses.asdict(cfg.detect).items() if k != "batch_size"}, "templates": templates, "target": cfg.target},
             detect_fn), label=f"{a}: detect triggers and affected labels (reference oracle)")
 
         def curate_fn(folder: Path, detection=detection) -> dict:
