@@ -241,6 +241,7 @@ def test_resume_after_sigkill_of_a_real_process(tmp_path, data):
     proc.wait()
     assert not (killed / "final.safetensors").exists()
     assert cli_main(["train", *args, "--out", str(killed), "--resume"]) == 0
+    assert not list((killed / "checkpoints").glob(".*.tmp*"))  # a kill mid-write leaves none behind
 
     whole = tmp_path / "whole"
     assert cli_main(["train", *args, "--out", str(whole)]) == 0

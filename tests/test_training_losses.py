@@ -126,3 +126,15 @@ def test_roclip_loss_switches_with_matching():
     assert float(matched["matched_own"]) == 0.5
     assert float(matched["loss"]) != pytest.approx(float(plain["loss"]))
     assert [is_matching_epoch(e, 2) for e in range(4)] == [False, True, False, True]
+
+
+def test_schedule_equals_open_clip_trainers_cosine_lr():
+    scheduler = pytest.importorskip("open_clip_train.scheduler", reason="open_clip_train (in the open_clip_torch wheel) not importable")
+    p = torch.nn.Parameter(torch.zeros(1))
+    theirs_opt = torch.optim.AdamW([p], lr=1.0)
+    theirs = scheduler.cosine_lr(theirs_opt, 5e-4, 100, 1000)
+    ours_opt = torch.optim.AdamW([p], lr=1.0)
+    ours = CosineWithWarmup(ours_opt, base_lr=5e-4, warmup=100, total_steps=1000)
+    for step in [0, 1, 50, 99, 100, 101, 400, 777, 999]:
+        assert ours(step) == pytest.approx(theirs(step), rel=1e-12, abs=1e-15)
+        assert ours_opt.param_groups[0]["lr"] == pytest.approx(theirs_opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15)

@@ -265,6 +265,11 @@ class _Run:
     def _run(self, info: DistInfo, device: torch.device) -> dict:
         cfg = self.cfg
         latest = self._check_run_dir()
+        if info.is_main and self.ckpt_dir.is_dir():
+            # temp files of a writer killed mid-write (SIGKILL skips atomic_open's clean-up)
+            for stale in self.ckpt_dir.glob(".*.tmp*"):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
         pairs = load_pairs(cfg)
         per_step = cfg.batch_size * info.world_size * cfg.accum_steps
         steps_per_epoch = len(pairs) // per_step
