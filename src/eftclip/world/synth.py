@@ -37,10 +37,11 @@ from tqdm import tqdm
 from eftclip.errors import EftclipError
 from eftclip.world.captions import caption_for
 from eftclip.world.categories import DEFAULT_CATEGORIES, SHAPES
+from eftclip.world.regions import box_iou
 from eftclip.world.render import BACKGROUNDS, Scene, background, render_scene
 
 # bump when the drawing changes, so stale worlds are recognisable
-GENERATOR_VERSION = "world-1"
+GENERATOR_VERSION = "world-2"
 
 # name of the class the reference split uses for crops that hold no object
 BACKGROUND_CLASS = "background"
@@ -181,17 +182,28 @@ def _write_reference(root: Path, categories, size: WorldSize, image_size: int, r
             counts[o.category] += 1
             pbar.update(1)
     pbar.close()
-    # background crops: boxes of object-like sizes on object-free backgrounds
+    # "background" crops: boxes of object-like sizes on object-free backgrounds (even i), and
+    # boxes in scenes that frame no object (odd i: IoU < 0.2 with every object box), so that
+    # a region that is not a whole object is not forced onto a category
     kinds = list(BACKGROUNDS)
-    for i in range(n_target):
-        bg = background(kinds[rng.integers(len(kinds))], image_size, rng)
+    i = 0
+    while i < n_target:
+        if i % 2 == 0:
+            img, boxes = background(kinds[rng.integers(len(kinds))], image_size, rng), []
+        else:
+            scene = render_scene(_draw_categories(categories, size.objects_p, rng), image_size, rng)
+            img, boxes = scene.image, [o.box for o in scene.objects]
         side_w = int(rng.integers(max(3, image_size // 6), image_size + 1))
         side_h = int(rng.integers(max(3, image_size // 6), image_size + 1))
         x0 = int(rng.integers(0, image_size - side_w + 1))
         y0 = int(rng.integers(0, image_size - side_h + 1))
+        box = (x0, y0, x0 + side_w, y0 + side_h)
+        if any(box_iou(box, b) >= 0.2 for b in boxes):
+            continue
         rel = f"{BACKGROUND_CLASS}/{i:05d}.png"
-        _save_png(folder / rel, bg[y0 : y0 + side_h, x0 : x0 + side_w])
-        meta.append({"image": rel, "label": BACKGROUND_CLASS})
+        _save_png(folder / rel, img[y0 : y0 + side_h, x0 : x0 + side_w])
+        meta.append({"image": rel, "label": BACKGROUND_CLASS, "kind": "plain" if i % 2 == 0 else "scene"})
+        i += 1
     with open(folder / "reference_meta.jsonl", "w", encoding="utf-8") as fh:
         for m in meta:
             fh.write(json.dumps(m) + "\n")
