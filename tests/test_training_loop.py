@@ -248,3 +248,21 @@ def test_resume_after_sigkill_of_a_real_process(tmp_path, data):
     a = read_state_dict(whole / "final.safetensors")
     b = read_state_dict(killed / "final.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the unbroken run"
+
+
+def test_bad_row_fails_by_default_and_is_skipped_on_request(tmp_path, data):
+    import json
+
+    bad = tmp_path / "bad.csv"
+    lines = data.read_text().splitlines()
+    folder = data.parent
+    rows = [lines[0]] + [f"{folder / l.split(',', 1)[0]},{l.split(',', 1)[1]}" for l in lines[1:33]]
+    rows.insert(5, f"{folder / 'images' / 'missing.png'},a photo of nothing")
+    bad.write_text("\n".join(rows) + "\n")
+    cfg = dict(data=str(bad), model=MODEL, epochs=1, batch_size=16, out=str(tmp_path / "b"), **FAST)
+    with pytest.raises(EftclipError, match=r"bad.csv.*row 5|row 5.*bad.csv"):
+        train(TrainConfig(**cfg))
+    with pytest.warns(UserWarning, match="missing.png"):
+        summary = train(TrainConfig(on_error="skip", **cfg))
+    assert summary["pairs"] == 32 and summary["skipped_rows"] == 1
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["skipped_rows"] == 1

@@ -20,7 +20,7 @@ from eftclip.errors import EftclipError
 # fields that do not change the numbers a run produces: they may differ on --resume
 RESUME_NEUTRAL = frozenset(
     {
-        "out", "resume", "progress", "tensorboard", "device", "workers", "cpu_threads",
+        "out", "resume", "progress", "check_images", "tensorboard", "device", "workers", "cpu_threads",
         "cache_images", "cache_max_mb", "save_every_steps", "keep_checkpoints", "eval_batch_size", "records",
     }
 )
@@ -31,6 +31,8 @@ class TrainConfig:
     """Contrastive pre-training from scratch (paper: RN50, AdamW, lr 5e-4, 10k warm-up, batch 128)."""
 
     data: str | None = None  # caption table (CSV/TSV/tar...) read with eftclip.data.captions.read_captions
+    on_error: str = "fail"  # bad rows in --data: fail (error naming the row) or skip (dropped, counted in summary.json)
+    check_images: bool = True  # decode every image once when reading --data (off: trust the files, faster on huge sets)
     model: str = "RN50"  # open_clip model name (project tiny configs included)
     out: str = "runs/train"  # run directory: config.yaml, summary.csv, checkpoints/, final.safetensors
     epochs: int = 64  # passes over the data
@@ -86,6 +88,8 @@ class FinetuneConfig:
 
     checkpoint: str | None = None  # model to fine-tune (eftclip.models.load_checkpoint)
     data: str | None = None  # caption table read with eftclip.data.captions.read_captions
+    on_error: str = "fail"  # bad rows in --data: fail (error naming the row) or skip (dropped, counted in summary.json)
+    check_images: bool = True  # decode every image once when reading --data (off: trust the files, faster on huge sets)
     model: str | None = None  # architecture; None = from the checkpoint's side file; must match it
     out: str = "runs/finetune"  # run directory
     objective: str = "cleanclip"  # cleanclip (contrastive + in-modal) | clip (contrastive only)
@@ -141,6 +145,8 @@ class FinetuneConfig:
 
 
 def _validate_common(cfg: Any) -> None:
+    if cfg.on_error not in ("fail", "skip"):
+        raise EftclipError(f"--on-error must be fail or skip, not '{cfg.on_error}'")
     if cfg.data is None and cfg.records is None:
         raise EftclipError("--data is required (a caption CSV/TSV/webdataset)")
     if not cfg.lr > 0:

@@ -62,6 +62,7 @@ class Pairs:
 
     images: list[Any]  # CaptionRecord (or anything open_image accepts)
     captions: list[str]
+    skipped: int = 0  # bad rows dropped while reading (on_error="skip")
 
     def __len__(self) -> int:
         return len(self.captions)

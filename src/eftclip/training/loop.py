@@ -81,14 +81,21 @@ def finetune(cfg: FinetuneConfig, *, on_epoch_end: EpochHook | None = None, on_s
 
 def load_pairs(cfg: Any) -> Pairs:
     """The run's image-caption pairs: ``cfg.records`` or ``read_captions(cfg.data)``, then ``subset``."""
+    skipped = 0
     if cfg.records is not None:
         records = list(cfg.records)
         source = "records"
     else:
         from eftclip.data.captions import read_captions
 
-        records = read_captions(cfg.data).records
+        table = read_captions(cfg.data, on_error=cfg.on_error, check_images=cfg.check_images)
+        records = table.records
         source = str(cfg.data)
+        skipped = len(table.skipped)
+        for bad in table.skipped[:5]:
+            warnings.warn(f"skipped {bad}", stacklevel=3)
+        if len(table.skipped) > 5:
+            warnings.warn(f"skipped {len(table.skipped) - 5} more bad rows of {source}", stacklevel=3)
     if not records:
         raise EftclipError(f"{source}: the dataset holds no image-caption pairs")
     subset = getattr(cfg, "subset", None)
@@ -97,7 +104,7 @@ def load_pairs(cfg: Any) -> Pairs:
             raise EftclipError(f"--subset {subset}: larger than the dataset ({len(records)} pairs in {source})")
         pick = np.sort(np.random.default_rng([cfg.subset_seed, 3]).choice(len(records), size=subset, replace=False))
         records = [records[i] for i in pick]
-    return Pairs(images=records, captions=[str(r.caption) for r in records])
+    return Pairs(images=records, captions=[str(r.caption) for r in records], skipped=skipped)
 
 
 def _normalizer(preprocess: Any) -> tuple[list[float], list[float]]:
@@ -491,6 +498,7 @@ class _Run:
             "epochs": cfg.epochs,
             "steps": global_step,
             "pairs": len(pairs),
+            "skipped_rows": pairs.skipped,
             "world_size": info.world_size,
             "eda_synonyms": eda.synonyms.name if eda is not None else None,
             "last_epoch": last,
