@@ -114,6 +114,14 @@ def test_write_outputs_and_figure(tmp_path):
         rows = list(csv.DictReader(fh))
     assert rows and abs(sum(float(r["frequency"]) for r in rows) - 1) < 1e-4
     assert m["detection_rate"] == 1.0 and m["target_in_K"] is True
+    # the oracle confirms every clean image's top-1 label here: no weak-oracle warning
+    assert m["oracle_top1_confirm_rate_clean"] == 1.0 and m["warnings"] == []
+    # an oracle that finds nothing: everything flagged, and the metrics say why
+    blind = [{**r, "finds": []} for r in recs]
+    res_b = decide(lambda: iter(blind), DecideParams(tau=5, theta=0.45, min_count=3))
+    mb = write_outputs(tmp_path / "blind", res_b, figure=False)
+    assert mb["oracle_top1_confirm_rate_clean"] == 0.0
+    assert any("confirms only 0%" in w for w in mb["warnings"])
     assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == 1.0
     fig = Image.open(tmp_path / "figure7.png")
     assert fig.size[0] > 200 and fig.size[1] > 3 * 150  # three rows of two panels

@@ -108,4 +108,6 @@ def run(args: argparse.Namespace) -> int:
         + f"  -> {cfg.out}",
         file=sys.stderr,
     )
+    for warning in m.get("warnings", []):
+        print(f"eftclip detect: warning: {warning}", file=sys.stderr)
     return 0

@@ -442,6 +442,8 @@ def decide(records: Callable[[], Iterable[dict]], p: DecideParams, *, write: Cal
     flags = {"faithful": [], "robust_top1": [], "robust_topk": []}
     aff_counts = {"faithful": Counter(), "robust": Counter()}
     top1_poisoned: Counter[str] = Counter()
+    # how often the oracle confirms CLIP's top-1 label: a diagnostic of the oracle, not of the attack
+    top1_confirmed = {"all": [0, 0], "clean": [0, 0]}
     n_errors = 0
     figure: list[dict] = []
     for rec in records():
@@ -469,6 +471,11 @@ def decide(records: Callable[[], Iterable[dict]], p: DecideParams, *, write: Cal
             aff_counts["robust"].update(A_r)
         if rec.get("is_poisoned") and L:
             top1_poisoned[L[0]] += 1
+        if L and L[0] not in U:
+            hit = int(L[0] in S)
+            for group in ("all",) + (("clean",) if rec.get("is_poisoned") is False else ()):
+                top1_confirmed[group][0] += hit
+                top1_confirmed[group][1] += 1
         if p.mode == "faithful":
             flagged, affected = bool(P), A_f
             why = (f"labels {sorted(P)} of CLIP's list were confirmed neither by the oracle (theta {p.theta}) "
@@ -521,6 +528,10 @@ def decide(records: Callable[[], Iterable[dict]], p: DecideParams, *, write: Cal
         "target_in_K": None if target is None else target in K,
         "likely_target": likely_target,
         "likely_target_in_K": None if likely_target is None else likely_target in K,
+        "oracle_top1_confirm_rate": (top1_confirmed["all"][0] / top1_confirmed["all"][1]
+                                     if top1_confirmed["all"][1] else None),
+        "oracle_top1_confirm_rate_clean": (top1_confirmed["clean"][0] / top1_confirmed["clean"][1]
+                                           if top1_confirmed["clean"][1] else None),
         "figure": figure,
     }
 
@@ -777,6 +788,9 @@ def write_outputs(out: Path, result: dict, *, cfg: DetectConfig | None = None, n
         "K_faithful": result["K_faithful"],
         "K_robust": result["K_robust"],
         "n_affected_labels": len(result["profile"]),
+        "oracle_top1_confirm_rate": result["oracle_top1_confirm_rate"],
+        "oracle_top1_confirm_rate_clean": result["oracle_top1_confirm_rate_clean"],
+        "warnings": _warnings(result),
         "seconds": None if seconds is None else round(seconds, 2),
         "pass1": stats,
         "skipped_rows": list(skipped_rows)[:100],
@@ -787,6 +801,28 @@ def write_outputs(out: Path, result: dict, *, cfg: DetectConfig | None = None, n
 
         figure7(result["figure"], out / "figure7.png", loader=_figure_loader)
     return metrics
+
+
+# below this share of confirmed top-1 labels on clean images the oracle cannot tell a trigger from a miss
+WEAK_ORACLE = 0.3
+
+
+def _warnings(result: dict) -> list[str]:
+    out = []
+    rate = result["oracle_top1_confirm_rate_clean"]
+    if rate is None:
+        rate = result["oracle_top1_confirm_rate"]
+    if rate is not None and rate < WEAK_ORACLE:
+        out.append(
+            f"the oracle confirms only {rate:.0%} of CLIP's top-1 labels"
+            + (" on clean images" if result["oracle_top1_confirm_rate_clean"] is not None else "")
+            + f" at theta {result['params']['theta']}: almost every label looks unconfirmed, so K and the "
+            "flags are unreliable (a weaker oracle, a lower theta, or a CLIP whose lists miss the real objects)"
+        )
+    if len(result["K"]) > max(3, 0.25 * len(result["evidence"] or [1])):
+        out.append(f"K holds {len(result['K'])} labels; a backdoor usually has one target: check the evidence "
+                   "in triggers.json")
+    return out
 
 
 def _figure_loader(ref: str):
