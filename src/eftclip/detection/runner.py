@@ -817,7 +817,7 @@ def _warnings(result: dict) -> list[str]:
             f"the oracle confirms only {rate:.0%} of CLIP's top-1 labels"
             + (" on clean images" if result["oracle_top1_confirm_rate_clean"] is not None else "")
             + f" at theta {result['params']['theta']}: almost every label looks unconfirmed, so K and the "
-            "flags are unreliable (a weaker oracle, a lower theta, or a CLIP whose lists miss the real objects)"
+            "flags are unreliable (causes: too weak an oracle, too high a theta, or a CLIP whose lists miss the real objects)"
         )
     if len(result["K"]) > max(3, 0.25 * len(result["evidence"] or [1])):
         out.append(f"K holds {len(result['K'])} labels; a backdoor usually has one target: check the evidence "
