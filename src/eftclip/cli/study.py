@@ -35,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, out=args.out, cache=args.cache, device=args.device,
                       progress=False if args.no_progress else None)
-    metrics = run_study(cfg, resume=args.resume, force=args.force)
+    import shlex
+    import sys
+
+    command = "eftclip " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if sys.argv[1:2] == ["study"] else
+                                                              ["study", "--config", args.config]))
+    metrics = run_study(cfg, resume=args.resume, force=args.force, command=command)
     for m in metrics["attacks"]:
         e, c = m["defenses"]["eftclip"], m["defenses"]["cleanclip"]
         print(f"{m['attack']['name']:<10} poisoned CA {m['poisoned']['ca']:.3f} ASR {m['poisoned']['asr']:.3f} | "

@@ -299,20 +299,48 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run_study(cfg: StudyConfig, *, resume: bool = False, force: bool = False) -> dict:
-    """Run (or continue) the study in ``cfg.out``; return the metrics written to ``metrics.json``."""
+def machine_info() -> dict:
+    """The machine a study ran on: CPU model, cores, memory, load, torch and GPU."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        mem_gib = None
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu, "nproc": usable, "memory_gib": None if mem_gib is None else round(mem_gib, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def run_study(cfg: StudyConfig, *, resume: bool = False, force: bool = False, command: str | None = None) -> dict:
+    """Run (or continue) the study in ``cfg.out``; return the metrics written to ``metrics.json``.
+
+    ``command``: the command line that started it, recorded in the report.
+    """
     import torch
 
     previous = torch.get_num_threads()
     if cfg.cpu_threads:
         torch.set_num_threads(int(cfg.cpu_threads))
     try:
-        return _run_study(cfg, resume=resume, force=force)
+        return _run_study(cfg, resume=resume, force=force, command=command)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run_study(cfg: StudyConfig, *, resume: bool, force: bool) -> dict:
+def _run_study(cfg: StudyConfig, *, resume: bool, force: bool, command: str | None) -> dict:
     from eftclip.config import to_dict, write_config
     from eftclip.data.zeroshot import load_classnames, load_templates
 
@@ -325,6 +353,7 @@ def _run_study(cfg: StudyConfig, *, resume: bool, force: bool) -> dict:
     runner = StageRunner(out, kind="study", config=to_dict(cfg), total=total, resume=resume, force=force)
     write_config(out / "config.yaml", cfg)
     t_start = time.perf_counter()
+    machine = machine_info()  # at the start: the load average then says how busy the machine was
 
     root = Path(cfg.data.root).resolve()
     templates = load_templates(cfg.eval_templates)
@@ -519,6 +548,8 @@ def _run_study(cfg: StudyConfig, *, resume: bool, force: bool) -> dict:
         "target": cfg.target,
         "seed": cfg.seed,
         "device": device,
+        "command": command,
+        "machine": machine,
         "data": {"root": str(root), "splits": data["counts"], "eval": eval_dir},
         "attacks": attack_metrics,
         "roclip": roclip_metrics,
@@ -644,6 +675,13 @@ def write_study_report(out: Path, metrics: dict, records: dict) -> dict:
              "CA: top-1 zero-shot accuracy on the clean test images. ASR: share of triggered test images whose "
              "true class is not the target that the model assigns to the target.", "",
              t5.markdown(), "![Table 5](figures/table5_attacks.png)", "", goal.markdown(), det_all.markdown()]
+    mach = metrics.get("machine") or {}
+    head = ["## Command and machine", "",
+            f"Command: `{metrics.get('command') or '(Python API)'}`", "",
+            f"Machine: {mach.get('cpu')}, {mach.get('nproc')} usable cores (nproc), {mach.get('memory_gib')} GiB "
+            f"memory, load average at start {mach.get('load_average')}, GPU {mach.get('gpu') or 'none'}; "
+            f"{mach.get('platform')}, Python {mach.get('python')}, torch {mach.get('torch')}.", ""]
+    parts[2:2] = head
     r = metrics.get("roclip")
     if r:
         t4 = Table(title=f"Table 4: against RoCLIP ({r['attack']} poisoned data)",
