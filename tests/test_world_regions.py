@@ -38,7 +38,7 @@ def test_background_alone_gives_no_region():
     rng = np.random.default_rng(0)
     for kind in ("grass", "sand", "water", "snow", "plain"):
         for _ in range(5):
-            assert propose(background(kind, 32, rng)) == []
+            assert propose(background(kind, 32, rng), method="flat") == []
 
 
 def test_checkerboard_patch_is_not_an_object_but_a_flat_patch_is():
@@ -46,7 +46,7 @@ def test_checkerboard_patch_is_not_an_object_but_a_flat_patch_is():
     img = background("sand", 32, rng)
     yy, xx = np.mgrid[0:6, 0:6]
     img[2:8, 2:8] = (((yy + xx) % 2) * 255)[..., None].astype(np.uint8)
-    assert propose(img) == []
+    assert propose(img, method="flat") == []
     img[20:28, 20:28] = (200, 0, 0)
     (box, mask), = propose(img)
     assert box == (20.0, 20.0, 28.0, 28.0) and mask.sum() == 64
@@ -60,3 +60,19 @@ def test_fill_holes_and_bad_input():
     assert filled.sum() > plain.sum()  # the eye is filled in
     with pytest.raises(EftclipError, match="HWC uint8"):
         propose(np.zeros((32, 32), np.uint8))
+
+
+def test_auto_falls_back_to_segmentation_when_nothing_is_flat():
+    # an image-wide blend (as the Blended attack does) leaves no flat pixel
+    rng = np.random.default_rng(4)
+    hits = 0
+    for i in range(20):
+        scene = render_scene([DEFAULT_CATEGORIES[i % 12]], 32, rng, scale=(0.6, 0.9))
+        noise = rng.integers(0, 256, scene.image.shape)
+        blended = np.clip(0.8 * scene.image + 0.2 * noise, 0, 255).astype(np.uint8)
+        assert propose(blended, method="flat") == []
+        props = propose(blended)
+        hits += max((box_iou(scene.objects[0].box, b) for b, _ in props), default=0.0) >= 0.5
+    assert hits >= 16
+    with pytest.raises(EftclipError, match="unknown region method"):
+        propose(scene.image, method="sam")

@@ -33,22 +33,50 @@ def _flat_labels(image: np.ndarray, tolerance: int) -> np.ndarray:
 
 
 def propose(
-    image: np.ndarray, *, tolerance: int = 3, min_pixels: int = 10, max_fraction: float = 0.9, fill_holes: bool = False
+    image: np.ndarray,
+    *,
+    method: str = "auto",
+    tolerance: int = 3,
+    min_pixels: int = 10,
+    max_fraction: float = 0.9,
+    fill_holes: bool = False,
 ) -> list[tuple[tuple[float, float, float, float], np.ndarray]]:
     """Class-agnostic regions of an HWC uint8 image, largest first.
 
     Returns ``[(box XYXY pixels (x1, y1 exclusive), mask HW bool), ...]``.
+    ``method``: ``"flat"`` (tolerance-connected flat colour, exact on clean
+    world scenes), ``"felzenszwalb"`` (skimage graph segmentation: survives an
+    image-wide blend that leaves no flat pixel, at the price of more regions) or
+    ``"auto"`` (flat, and felzenszwalb when flat finds nothing).
     ``tolerance`` is the largest per-channel difference (0-255) between joined
     neighbours; regions smaller than ``min_pixels`` or covering more than
     ``max_fraction`` of the image are dropped; ``fill_holes`` fills enclosed
     holes of each mask (a house's door, a fish's eye).
     """
+    if method not in ("auto", "flat", "felzenszwalb"):
+        from eftclip.errors import EftclipError
+
+        raise EftclipError(f"unknown region method {method!r}; known: auto, flat, felzenszwalb")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         from eftclip.errors import EftclipError
 
         raise EftclipError(f"propose expects an HWC uint8 RGB image, got {image.dtype} {image.shape}")
-    h, w = image.shape[:2]
-    lab = _flat_labels(image, tolerance)
+    if method == "felzenszwalb":
+        return _regions(_felzenszwalb_labels(image), min_pixels, max_fraction, fill_holes)
+    out = _regions(_flat_labels(image, tolerance), min_pixels, max_fraction, fill_holes)
+    if not out and method == "auto":
+        out = _regions(_felzenszwalb_labels(image), min_pixels, max_fraction, fill_holes)
+    return out
+
+
+def _felzenszwalb_labels(image: np.ndarray) -> np.ndarray:
+    from skimage.segmentation import felzenszwalb
+
+    return felzenszwalb(image, scale=100.0, sigma=0.8, min_size=20) + 1
+
+
+def _regions(lab: np.ndarray, min_pixels: int, max_fraction: float, fill_holes: bool):
+    h, w = lab.shape
     counts = np.bincount(lab.ravel())
     out = []
     for value in np.argsort(-counts):
