@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eftclip: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("eftclip: interrupted; run the same command again to resume", file=sys.stderr)
+        print("eftclip: interrupted; run the same command again to continue "
+              "(train and finetune: add --resume)", file=sys.stderr)
         return 130
     return int(rc or 0)
 
