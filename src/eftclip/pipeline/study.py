@@ -47,9 +47,9 @@ from eftclip.pipeline.stages import StageRunner
 # trigger parameters for 32 px images; an attack's `params` in the YAML override them
 ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
     "badnet": {"pattern": "noise", "size": 4, "position": "random"},
-    "blended": {"alpha": 0.2},
-    "wanet": {"k": 4, "s": 0.5},
-    "trojannet": {"cell": 2, "position": "random"},
+    "blended": {"alpha": 0.2, "pattern_size": 32},  # per-pixel noise at CIFAR's size
+    "wanet": {"k": 4, "s": 0.5},  # WaNet's CIFAR-10 setting
+    "trojannet": {"cell_size": 2, "position": "random"},  # 4x4 cells of 2 px: an 8 px patch
     "trojannn": {"size": 4, "position": "random", "steps": 100},
 }
 
