@@ -121,6 +121,8 @@ def test_study_end_to_end_resumes_and_reuses_the_cache(cifar_slice, tmp_path):
     assert stages["train_clean"]["compute_seconds"] > 0
     report = (out / "report.md").read_text()
     assert "Table 5" in report and "Table 4" in report and "Stage times" in report
+    readme = (out / "README.md").read_text()
+    assert "Command and machine" in readme and "train_clean" in readme and "nproc" in readme
     # the trojannn patch was optimised against the clean CLIP and saved in the cache
     trig = json.loads((out / "stages" / "trojannn" / "trigger.json").read_text())["result"]
     assert Path(trig["params"]["pattern_file"]).is_file()

@@ -702,6 +702,16 @@ def write_study_report(out: Path, metrics: dict, records: dict) -> dict:
     write_table(st, tables / "stages")
     parts += sections + [st.markdown()]
     write_text(out / "report.md", "\n".join(parts) + "\n")
+    # README.md: how these files were made (command, machine, stage times), for a results folder
+    readme = [f"# {metrics['name']}: results", "",
+              "Made by the command below, run from the repository root; running it again remakes these files "
+              "(finished stages are reused from the cache; `--force` starts the folder over).", "",
+              *head, f"Total compute time of the stages: {metrics['seconds']:.0f} s "
+              f"({metrics['seconds'] / 60:.1f} min).", "", st.markdown(),
+              "Tables: `tables/*.md|csv|json` (Table 5 `table5_attacks`, Table 4 `table4_roclip`, Tables 2/3 "
+              "`results_<attack>`, `detection`, `goal`, `stages`); figures: `figures/`; all numbers: "
+              "`metrics.json`; the full report with every table: [report.md](report.md).", ""]
+    write_text(out / "README.md", "\n".join(readme))
     return {"report": str(out / "report.md"), "tables": str(tables), "figures": str(figures)}
 
 
