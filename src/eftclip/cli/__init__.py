@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except EftclipError as exc:
         print(f"eftclip: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # a disk that is full or read-only: name the file; writes are atomic, so nothing is half-written
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"eftclip: error: cannot read or write{where}: {exc.strerror or exc}; files already "
+              "written are intact, run the same command again once this is fixed", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("eftclip: interrupted; run the same command again to continue "
               "(train and finetune: add --resume)", file=sys.stderr)

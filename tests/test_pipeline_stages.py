@@ -1,0 +1,93 @@
+"""The resumable stage runner and the demo's input checks (no training here)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+
+import pytest
+
+from eftclip.cli import main
+from eftclip.errors import EftclipError
+from eftclip.pipeline.demo import DemoConfig, run_demo
+from eftclip.pipeline.stages import StageRunner
+
+
+def test_stage_runs_once_and_result_is_reused(tmp_path):
+    calls = []
+
+    def work():
+        calls.append(1)
+        return {"value": 42}
+
+    r1 = StageRunner(tmp_path / "run", kind="demo", config={"a": 1}, total=1, stream=io.StringIO())
+    assert r1.run("s", work) == {"value": 42}
+    r2 = StageRunner(tmp_path / "run", kind="demo", config={"a": 1}, total=1, stream=io.StringIO())
+    assert r2.run("s", work) == {"value": 42}
+    assert len(calls) == 1, "a finished stage must not run again"
+
+
+def test_failed_stage_leaves_no_marker_and_reruns(tmp_path):
+    runner = StageRunner(tmp_path / "run", kind="demo", config={}, total=1, stream=io.StringIO())
+
+    def boom():
+        raise RuntimeError("killed mid-stage")
+
+    with pytest.raises(RuntimeError):
+        runner.run("s", boom)
+    assert not runner.done("s")
+    again = StageRunner(tmp_path / "run", kind="demo", config={}, total=1, stream=io.StringIO())
+    assert again.run("s", lambda: 7) == 7
+
+
+def test_refuses_foreign_folder_and_other_config(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(EftclipError, match="not empty.*--force"):
+        StageRunner(foreign, kind="demo", config={}, total=1)
+    assert (foreign / "notes.txt").read_text() == "mine", "a refused folder is left untouched"
+
+    StageRunner(tmp_path / "run", kind="demo", config={"seed": 0}, total=1)
+    with pytest.raises(EftclipError, match=r"another configuration \(differs in: seed\)"):
+        StageRunner(tmp_path / "run", kind="demo", config={"seed": 1}, total=1)
+    with pytest.raises(EftclipError, match="'study' run, not a demo"):
+        StageRunner(tmp_path / "run2", kind="study", config={}, total=1)
+        StageRunner(tmp_path / "run2", kind="demo", config={}, total=1)
+
+
+def test_resume_keeps_finished_stages_and_force_wipes(tmp_path):
+    out = tmp_path / "run"
+    StageRunner(out, kind="demo", config={"seed": 0}, total=1, stream=io.StringIO()).run("s", lambda: 1)
+    resumed = StageRunner(out, kind="demo", config={"seed": 1}, total=1, resume=True, stream=io.StringIO())
+    assert resumed.done("s")
+    forced = StageRunner(out, kind="demo", config={"seed": 2}, total=1, force=True, stream=io.StringIO())
+    assert not forced.done("s")
+    assert json.loads((out / "run.json").read_text())["config"] == {"seed": 2}
+
+
+def test_demo_rejects_unknown_attack_and_target(tmp_path):
+    with pytest.raises(EftclipError, match="unknown attack 'nope'.*badnet"):
+        run_demo(DemoConfig(out=str(tmp_path / "a"), attack="nope"))
+    with pytest.raises(EftclipError, match="'zebra' is not a category.*umbrella"):
+        run_demo(DemoConfig(out=str(tmp_path / "b"), target="zebra"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists(), "nothing is written for bad input"
+
+
+def test_cli_reports_bad_input_and_disk_failure(tmp_path, capsys, monkeypatch):
+    assert main(["demo", "--out", str(tmp_path / "x"), "--attack", "nope"]) == 2
+    assert "unknown attack 'nope'" in capsys.readouterr().err
+
+    # a full disk while the stage runner records its run: a clear message, no half-written file
+    import eftclip.io as eio
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(eio.os, "replace", full_disk)
+    assert main(["demo", "--out", str(tmp_path / "y")]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "run.json" in err
+    leftovers = list((tmp_path / "y").glob("*"))
+    assert leftovers == [], f"temporary files left behind: {leftovers}"
