@@ -450,9 +450,9 @@ class _Run:
                 sums["_steps"] = sums.get("_steps", 0.0) + 1
                 samples_timed += per_step
                 if show:
-                    bar.set_postfix(loss=f"{float(terms['loss']):.4f}", lr=f"{lr:.2e}")
+                    bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}", lr=f"{lr:.2e}")
                 if writer is not None:
-                    writer.add_scalar("train/loss", float(terms["loss"]), global_step)
+                    writer.add_scalar("train/loss", float(terms["loss"].detach()), global_step)
                     writer.add_scalar("train/lr", lr, global_step)
                 done_epoch = step + 1 == steps_per_epoch
                 if cfg.save_every_steps and global_step % cfg.save_every_steps == 0 and not done_epoch:
