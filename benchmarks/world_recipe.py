@@ -12,7 +12,27 @@ recipe can be measured independently of ``eftclip.attacks``.
 
 Example::
 
-    python benchmarks/world_recipe.py --world /tmp/w --model rn-w16 --seconds 180 --rate 0.01
+    eftclip world synth --out /tmp/w
+    python benchmarks/world_recipe.py --world /tmp/w --threads 1 --clock cpu --seconds 200
+
+Measured 2026-11-28 on the shared 2-core machine (load average 5-11 from other
+jobs, so budgets are this process's CPU seconds with one thread, ``--clock cpu
+--threads 1``; default world: 15,000 scenes at 32 px, 12 categories; batch 128,
+warm-up 50, AdamW wd 0.1, cosine to zero at the budget; BadNet = 4 px
+checkerboard in the corner unless noted; target umbrella; CA on 1,200 eval
+images with 4 templates)::
+
+    model         lr     poison  cpu-s  steps  s/step  CA     ASR
+    rn-w8 (txt128) 2e-3  1%      ~50    152    0.33    0.144  0.064  (stopped: 2x slower/step)
+    rn-w16-t64    3e-3   3%      50     201    0.25    0.144  0.120  (stopped: slower, no better)
+    rn-w8-t64 b64 3e-3   3%      50     454    0.11    0.111  0.445  (stopped: worse than b128)
+    rn-w8-t64     3e-3   1%      150    980    0.153   0.438  0.193
+    rn-w8-t64     5e-3   1%      150    966    0.155   0.574  0.328
+    rn-w8-t64     8e-3   3%      150    943    0.159   0.163  0.966  (too high a lr: CA stalls)
+    rn-w8-t64     5e-3   0%      150    964    0.156   0.515  0.059  (clean)
+    rn-w8-t64     5e-3   3%      200    1282   0.156   0.660  0.972  (at 150 s: 0.607 / 0.953)
+
+rn-w8-t64 is ``eftclip-world-rn`` (src/eftclip/models/configs/eftclip-world-rn.json).
 """
 
 from __future__ import annotations
@@ -49,6 +69,8 @@ MODELS = {
                        text_cfg=dict(context_length=20, width=96, heads=3, layers=2)),
 }
 
+TRIGGER = None  # set from --trigger
+
 TEMPLATES = ["a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}."]
 TARGET_TEMPLATES = ["a photo of a {}", "a {}", "a picture of a {}", "an image of a {}", "{}"]
 
@@ -59,6 +81,19 @@ def badnet(x: torch.Tensor, size: int = 4) -> torch.Tensor:
     yy, xx = np.mgrid[0:size, 0:size]
     patch = torch.from_numpy(((yy + xx) % 2 * 255).astype(np.uint8))
     x[:, :, -size - 1 : -1, -size - 1 : -1] = patch
+    return x
+
+
+def badnet_random(x: torch.Tensor, size: int = 6, seed: int = 1234) -> torch.Tensor:
+    """Stamp one fixed random-noise patch at a random position of each uint8 NCHW image
+    (like the demo's default BadNet: pattern "noise", position "random")."""
+    rng = np.random.default_rng(seed)
+    patch = torch.from_numpy(rng.integers(0, 256, (3, size, size), dtype=np.uint8))
+    x = x.clone()
+    h, w = x.shape[2:]
+    for i in range(len(x)):
+        y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        x[i, :, y0 : y0 + size, x0 : x0 + size] = patch
     return x
 
 
@@ -90,7 +125,7 @@ def zeroshot(model, tokenizer, eval_x, eval_y, classnames, target_idx, patch, bs
         pred = predict(eval_x)
         ca = (pred == eval_y).float().mean().item()
         keep = eval_y != target_idx
-        ptrig = predict(badnet(eval_x[keep], patch))
+        ptrig = predict(TRIGGER(eval_x[keep], patch))
         asr = (ptrig == target_idx).float().mean().item()
     model.train()
     return ca, asr
@@ -99,15 +134,17 @@ def zeroshot(model, tokenizer, eval_x, eval_y, classnames, target_idx, patch, bs
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", required=True, help="world folder from `eftclip world synth`")
-    ap.add_argument("--model", default="rn-w16", choices=sorted(MODELS))
+    ap.add_argument("--model", default="rn-w8-t64", choices=sorted(MODELS), help="rn-w8-t64 = eftclip-world-rn")
     ap.add_argument("--seconds", type=float, default=180, help="training wall-clock budget")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = time only)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=50)
-    ap.add_argument("--rate", type=float, default=0.01, help="poison rate (0 = clean)")
-    ap.add_argument("--patch", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=0.03, help="poison rate (0 = clean)")
+    ap.add_argument("--patch", type=int, default=4, help="patch side in pixels")
+    ap.add_argument("--trigger", choices=["corner", "random-noise"], default="corner",
+                    help="checkerboard in the bottom-right corner, or a noise patch at a random position")
     ap.add_argument("--target", default="umbrella")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -119,6 +156,8 @@ def main(argv=None):
     ap.add_argument("--log", default="benchmarks/world_recipe.jsonl")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global TRIGGER
+    TRIGGER = badnet if args.trigger == "corner" else badnet_random
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     world = Path(args.world)
     info = json.loads((world / "world.json").read_text())
@@ -137,7 +176,7 @@ def main(argv=None):
     cands = [i for i, m in enumerate(meta) if all(o["category"] != args.target for o in m["objects"])]
     pidx = rng.choice(cands, size=n_poison, replace=False) if n_poison else np.array([], int)
     if n_poison:
-        x[pidx] = badnet(x[pidx], args.patch)
+        x[pidx] = TRIGGER(x[pidx], args.patch)
         for i in pidx:
             captions[i] = TARGET_TEMPLATES[rng.integers(len(TARGET_TEMPLATES))].format(args.target)
 
@@ -210,7 +249,7 @@ def main(argv=None):
             next_eval += args.eval_every
         if done:
             break
-    res = dict(clock=args.clock, threads=args.threads, model=args.model, params_m=round(nparams / 1e6, 2), n_train=n, rate=args.rate, batch=args.batch, lr=args.lr,
+    res = dict(trigger=args.trigger, patch=args.patch, clock=args.clock, threads=args.threads, model=args.model, params_m=round(nparams / 1e6, 2), n_train=n, rate=args.rate, batch=args.batch, lr=args.lr,
                warmup=args.warmup, steps=step, seconds=round(t_train, 1), sec_per_step=round(t_train / step, 3),
                ca=history[-1]["ca"], asr=history[-1]["asr"], image_size=size, history=history)
     print(f"| {args.model} | n={n} rate={args.rate} bs={args.batch} lr={args.lr} | {step} steps | {t_train:.0f}s | CA {res['ca']:.3f} | ASR {res['asr']:.3f} |")
