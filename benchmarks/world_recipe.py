@@ -33,6 +33,7 @@ images with 4 templates)::
     rn-w8-t64     5e-3   3%      200    1282   0.156   0.660  0.972  (at 150 s: 0.607 / 0.953)
     rn-w8-t64     5e-3   0%      200    1364   0.147   0.844  0.025  (clean; at 150 s: 0.748)
     rn-w8-t64     5e-3   3% rn6  150    994    0.151   0.481  0.414  (rn6 = 6 px noise patch, random position)
+    rn-w8-t64     5e-3   5% rn6  200    1422   0.141   0.463  0.529
 
 Run-to-run spread is large (CA at ~1000 steps ranged 0.52-0.75 across runs that
 differ only in poison rate), and the poisoned runs trail the clean one: compare
