@@ -21,7 +21,7 @@ TINY = dict(
     poison_rate=0.1,
     model=ModelRecipe(epochs=2, batch_size=32, lr=5e-3, warmup=2),
     finetune=FinetuneRecipe(size=16, large_size=24, epochs=1, batch_size=8, warmup=1),
-    detect=DetectRecipe(scenes=24, oracle_seconds=2.0),
+    detect=DetectRecipe(scenes=24, oracle_epochs=2),
     device="cpu",
 )
 

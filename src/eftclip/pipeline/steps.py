@@ -192,18 +192,22 @@ def _cuda() -> bool:
 # --------------------------------------------------------------------------- detection and curation
 
 
-def train_oracle(ctx: Context, *, seconds: float) -> dict:
+def train_oracle(ctx: Context, *, epochs: int = 10, seconds: float | None = None) -> dict:
+    """Train the world oracle's region classifier on the clean reference split only.
+
+    An epoch budget rather than a wall-clock one keeps the result the same on a busy machine.
+    """
     from eftclip.world import train_region_classifier
 
     out = ctx.out / "oracle" / "region_classifier.safetensors"
-    path = train_region_classifier(ctx.world["reference"], out, seed=ctx.seed, seconds=seconds)
+    path = train_region_classifier(ctx.world["reference"], out, seed=ctx.seed, epochs=epochs, seconds=seconds)
     return {"region_classifier": str(path)}
 
 
 def detect(ctx: Context, checkpoint: str, csv: str, oracle: dict, recipe: Any, *,
            oracle_args: dict | None = None, detect_args: dict | None = None) -> dict:
     """``oracle_args``: the reference oracle's constructor arguments; default: the world's
-    region classifier over foreground regions (``oracle["region_classifier"]``).
+    region classifier over the world's flat-region proposals (``oracle["region_classifier"]``).
     ``detect_args``: further :class:`DetectConfig` fields (device, batch_size, min_share, ...)."""
     from eftclip.detection.runner import DetectConfig, run_detection
     from eftclip.io import read_json
