@@ -83,7 +83,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (keys in insertion order)."""
-    write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=indent, default=json_default) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -101,7 +101,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def append_jsonl(fh: IO[str], obj: Any) -> None:
     """Append one JSON line to an open text handle and push it to disk."""
-    fh.write(json.dumps(obj, default=_json_default) + "\n")
+    fh.write(json.dumps(obj, default=json_default) + "\n")
     fh.flush()
     os.fsync(fh.fileno())
 
@@ -137,12 +137,17 @@ def repair_jsonl(path: str | os.PathLike) -> list[Any]:
     if Path(path).exists():
         with atomic_open(path, "w") as fh:
             for rec in records:
-                fh.write(json.dumps(rec, default=_json_default) + "\n")
+                fh.write(json.dumps(rec, default=json_default) + "\n")
     return records
 
 
-def _json_default(obj: Any) -> Any:
-    # numpy scalars/arrays and paths turn up in metrics and manifests
+def plain_json(obj: Any) -> Any:
+    """``obj`` as plain JSON data (numpy values, paths and sets converted as :func:`write_json` does)."""
+    return json.loads(json.dumps(obj, default=json_default))
+
+
+def json_default(obj: Any) -> Any:
+    """``default=`` hook for ``json.dumps``: numpy scalars/arrays, paths and sets."""
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, os.PathLike):

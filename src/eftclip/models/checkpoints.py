@@ -41,7 +41,7 @@ from typing import Any, Mapping
 import torch
 
 from eftclip.errors import EftclipError
-from eftclip.io import atomic_path, read_json, write_json
+from eftclip.io import atomic_path, json_default, read_json, write_json
 
 #: ``format`` field of the JSON side file written by :func:`save_checkpoint`
 SIDECAR_FORMAT = "eftclip-checkpoint"
@@ -109,7 +109,7 @@ def save_checkpoint(
     cfg = model_config(model_name)
     meta = dict(meta or {})
     try:  # before anything is written, so that a bad meta leaves the old pair intact
-        json.dumps(meta, default=_jsonable)
+        json.dumps(meta, default=json_default)
     except (TypeError, ValueError) as exc:
         raise EftclipError(f"{sidecar_path(path)}: checkpoint meta is not JSON-able ({exc})") from exc
     model = _unwrap(model)
@@ -135,16 +135,6 @@ def save_checkpoint(
     write_json(sidecar_path(path), sidecar)
     return path
 
-
-def _jsonable(obj: Any) -> Any:
-    # the same extras eftclip.io.write_json accepts: numpy values, paths, sets
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:

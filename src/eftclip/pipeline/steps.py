@@ -276,8 +276,6 @@ def write_report(out: Path, metrics: dict, **parts: Any) -> dict:
 
 
 def _jsonable(obj: Any) -> Any:
-    import json
+    from eftclip.io import plain_json
 
-    from eftclip.io import _json_default
-
-    return json.loads(json.dumps(obj, default=_json_default))
+    return plain_json(obj)
