@@ -84,3 +84,20 @@ def test_quick_demo_effects_point_the_right_way(tmp_path):
     assert set(m) >= {"attack", "target", "seed", "clean", "poisoned", "detection", "defenses", "seconds"}
     for part in ("clean", "poisoned"):
         assert 0 <= m[part]["ca"] <= 1 and 0 <= m[part]["asr"] <= 1
+
+
+@pytest.mark.parametrize("attack,target", [("blended", "star"), ("wanet", "boat"), ("trojannet", "cup"),
+                                           ("trojannn", "key")])
+def test_every_attack_and_other_targets_run_through(tmp_path, attack, target):
+    """Mechanics for each registered attack and non-default targets (tiny models: no effect sizes)."""
+    m = run_demo(DemoConfig(out=str(tmp_path / attack), attack=attack, target=target,
+                            **{**TINY, "model": ModelRecipe(epochs=1, batch_size=32, lr=5e-3, warmup=2),
+                               "finetune": FinetuneRecipe(size=16, large_size=0, epochs=1, batch_size=8, warmup=1)}))
+    assert m["target"] == target and m["attack"]["name"] == attack
+    for part in ("clean", "poisoned", *m["defenses"]):
+        row = m[part] if part in m else m["defenses"][part]
+        assert 0 <= row["ca"] <= 1 and 0 <= row["asr"] <= 1, (part, row)
+    manifest = json.loads((tmp_path / attack / "poisoned" / "train" / "manifest.json").read_text())
+    assert manifest["target"] == target
+    if attack == "trojannn":
+        assert (tmp_path / attack / "trigger" / "trojannn_pattern.png").exists()
