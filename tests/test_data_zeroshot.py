@@ -180,3 +180,19 @@ def test_real_cifar10_test_folder_matches_cifar10_classnames():
         image = data.load(i)
         assert image.mode == "RGB" and image.size == (32, 32)
         assert Path(data.samples[i][0]).parent.name == data.classes[data.samples[i][1]]
+
+
+def test_list_of_folder_names_in_another_order_is_matched_by_name(tmp_path):
+    """The world's classnames.json lists categories in its own order, not sorted: no mislabelling."""
+    from PIL import Image
+
+    from eftclip.data.zeroshot import ImageFolderSet
+
+    for name in ("umbrella", "boat", "tree"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "0.png")
+    ds = ImageFolderSet(tmp_path, classnames=["umbrella", "boat", "tree"])
+    assert ds.classes == ["boat", "tree", "umbrella"]
+    assert ds.classnames == ["boat", "tree", "umbrella"]
+    for path, index in ds.samples:
+        assert f"/{ds.classnames[index]}/" in path

@@ -181,7 +181,8 @@ class ImageFolderSet:
     numbered in that order; images in each class are sorted by file name, so
     the sample order is deterministic.  ``classnames`` gives the display names
     used in prompts: None (folder names with ``_`` -> space), a list in class
-    order, a mapping folder -> name, or a spec for :func:`load_classnames`
+    order (a list of exactly the folder names, in any order, is matched by
+    name), a mapping folder -> name, or a spec for :func:`load_classnames`
     (a JSON mapping is matched by folder name).  ``max_per_class`` keeps only
     the first N images of each class (a quick, still deterministic subset).
     """
@@ -236,6 +237,10 @@ class ImageFolderSet:
             names = [names[c] for c in self.classes]
         else:
             names = list(names)
+            # a list holding exactly the folder names (in any order) names each folder by itself:
+            # matching by position would silently mislabel every class of a list not sorted by name
+            if sorted(names) == self.classes and names != self.classes:
+                names = list(self.classes)
         _check_names(names, where)
         if len(names) != len(self.classes):
             raise EftclipError(

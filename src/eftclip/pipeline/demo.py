@@ -92,7 +92,7 @@ class DemoConfig:
     poison_rate: float = 0.03  # share of training pairs poisoned
     quick: bool = False  # smaller world and fewer steps (CI): only effect directions are meaningful
     world_size: str = "default"  # world preset (eftclip.world.SIZES)
-    templates: tuple = ("a photo of a {}.",)  # zero-shot prompt templates
+    templates: tuple = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.")  # zero-shot prompts (ensembled)
     model: ModelRecipe = field(default_factory=ModelRecipe)  # pre-training recipe
     finetune: FinetuneRecipe = field(default_factory=FinetuneRecipe)  # fine-tuning recipe
     detect: DetectRecipe = field(default_factory=DetectRecipe)  # detection settings
