@@ -53,6 +53,7 @@ class ModelRecipe:
     lr: float = 5e-3  # peak learning rate (cosine schedule; 8e-3 stalls, 3e-3 learns slower)
     warmup: int = 50  # warm-up steps
     weight_decay: float = 0.1  # AdamW decay
+    crop_scale_min: float = 1.0  # no random crop: at 32 px open_clip's crop cuts objects and the corner trigger
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,7 @@ def pretrain(ctx: Context, name: str, csv: str, recipe: Any, *, train_args: dict
     cfg = TrainConfig(
         data=csv, model=recipe.model, out=str(out), epochs=recipe.epochs, batch_size=recipe.batch_size,
         lr=recipe.lr, warmup=recipe.warmup, weight_decay=recipe.weight_decay, seed=ctx.seed,
+        crop_scale_min=getattr(recipe, "crop_scale_min", 0.9),
         device=_device(ctx), progress=ctx.progress,
         resume=(out / "config.yaml").exists(), **(train_args or {}),
     )

@@ -57,6 +57,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader workers when images are not cached
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     cpu_threads: int | None = None  # torch intra-op threads during the run (None = torch's default); 1 is fastest on a busy CPU
+    crop_scale_min: float = 0.9  # open_clip's RandomResizedCrop area lower bound; 1.0 = no crop (tiny images, where a crop cuts the object or a corner trigger)
     defense: str = "none"  # none | roclip
     roclip_pool_size: int = 1024  # RoCLIP: captions (text features) kept in the matching pool
     roclip_period: int = 2  # RoCLIP: every this many epochs, images are matched to the pool
@@ -73,6 +74,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         _validate_common(self)
+        if not 0 < self.crop_scale_min <= 1:
+            raise EftclipError(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}")
         if self.defense not in ("none", "roclip"):
             raise EftclipError(f"--defense: unknown defense '{self.defense}' (known: none, roclip)")
         if self.defense == "roclip":

@@ -71,7 +71,8 @@ class Pairs:
 class PairDataset:
     """Map-style dataset keyed by ``(epoch, index)``; see the module docstring.
 
-    ``mode``: ``clip`` (open_clip-like random resized crop, scale 0.9-1),
+    ``mode``: ``clip`` (open_clip-like random resized crop, area scale ``crop_scale``,
+    default 0.9-1; a lower bound of 1 means no crop),
     ``cleanclip`` (image as is + AutoAugment view; caption + EDA variant),
     ``finetune-clip`` (image as is), ``roclip`` (SimCLR image aug + EDA caption
     when ``augment``).  An item is a dict of ``image`` (CHW uint8), ``text``
@@ -90,6 +91,7 @@ class PairDataset:
         augment: bool = True,
         open_image: Callable[[Any], Image.Image] | None = None,
         progress: bool = True,
+        crop_scale: tuple[float, float] = (0.9, 1.0),
     ):
         if mode not in ("clip", "cleanclip", "finetune-clip", "roclip"):
             raise ValueError(f"unknown dataset mode {mode!r}")
@@ -98,6 +100,7 @@ class PairDataset:
                 raise ValueError(f"mode {mode!r} needs an EDA instance")
         self.pairs = pairs
         self.image_size = image_size
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.mode = mode
         self.seed = seed
         self.eda = eda
@@ -136,7 +139,7 @@ class PairDataset:
         rng = np.random.default_rng([self.seed, epoch, i, 11])
         item: dict[str, Any] = {"text": caption}
         if self.mode == "clip":
-            item["image"] = _random_resized_crop(image, gen, scale=(0.9, 1.0))
+            item["image"] = image if self.crop_scale[0] >= 1.0 else _random_resized_crop(image, gen, scale=self.crop_scale)
         elif self.mode == "finetune-clip":
             item["image"] = image
         elif self.mode == "cleanclip":

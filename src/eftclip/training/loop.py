@@ -309,6 +309,7 @@ class _Run:
             eda=eda,
             augment=getattr(cfg, "roclip_augment", True),
             progress=show,
+            crop_scale=(getattr(cfg, "crop_scale_min", 0.9), 1.0),
         )
         mean_l, std_l = _normalizer(bundle.preprocess_val)
         mean = torch.tensor(mean_l, device=device).view(1, 3, 1, 1)
