@@ -81,3 +81,26 @@ def test_curate_errors(setup):
     with pytest.raises(EftclipError, match="detection folder not found"):
         curate(tmp / "nope", pool, size=10, unaffected_ratio=0.5, out=tmp / "x")
     assert not (tmp / "x" / "finetune.csv").exists()
+
+
+def test_repair_share_takes_flagged_images_with_the_oracles_labels(setup):
+    det, pool, tmp = setup
+    rng = np.random.default_rng(1)
+    lines = []
+    for i in range(12):
+        p = tmp / f"trig{i}.png"
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(p)
+        flagged = i % 3 != 0  # 8 flagged, of which those with affected labels qualify
+        affected = ["boat"] if i % 2 else []
+        lines.append(json.dumps({"key": str(i), "image": str(p), "flagged": flagged, "affected": affected}))
+    (det / "images.jsonl").write_text("\n".join(lines) + "\n")
+    m = curate(det, pool, size=40, unaffected_ratio=0.5, out=tmp / "rep", seed=0, repair_share=0.25)
+    qualifying = sum(1 for i in range(12) if i % 3 != 0 and i % 2)  # flagged and with a confirmed object
+    assert m["repair_pairs"] == min(10, qualifying) == 4
+    with open(tmp / "rep" / "finetune.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 40, "the repair pairs are part of the budget, not added to it"
+    repaired = [r for r in rows if "trig" in r["image"]]
+    assert len(repaired) == 4 and all("boat" in r["caption"] and "umbrella" not in r["caption"] for r in repaired)
+    with pytest.raises(EftclipError, match="repair-share"):
+        curate(det, pool, size=40, unaffected_ratio=0.5, out=tmp / "bad", repair_share=1.5)

@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--clip-checkpoint", help="clean CLIP for --label-by clip")
     p.add_argument("--vocab", help="label file overriding the detection's vocabulary")
     p.add_argument("--device", default="cpu", help="torch device for --label-by clip (default cpu)")
+    p.add_argument("--repair-share", type=float, default=0.0,
+                   help="share of the pairs taken from flagged images, captioned with the oracle's affected "
+                        "labels (an extension beyond the paper; default 0)")
     p.set_defaults(func=run)
     return p
 
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     vocab = load_vocab(args.vocab) if args.vocab else None
     m = curate(args.detection, args.pool, size=args.size, unaffected_ratio=args.unaffected_ratio, out=args.out,
                seed=args.seed, label_by=args.label_by, clip_checkpoint=args.clip_checkpoint, vocab=vocab,
-               device=args.device)
+               device=args.device, repair_share=args.repair_share)
     short = f", shortfalls {m['shortfalls']}" if m["shortfalls"] else ""
     print(f"wrote {m['size']} pairs to {m['csv']} (fill {m['fill']['drawn']}{short})", file=sys.stderr)
     return 0

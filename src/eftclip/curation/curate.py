@@ -170,6 +170,7 @@ def curate(
     clip_checkpoint: str | os.PathLike | None = None,
     vocab: Sequence[str] | None = None,
     device: str = "cpu",
+    repair_share: float = 0.0,
 ) -> dict:
     """Build the fine-tuning set; returns the manifest (also written to ``out/manifest.json``).
 
@@ -178,6 +179,15 @@ def curate(
     number of pairs; ``unaffected_ratio`` R in [0, 1] (see
     :mod:`eftclip.curation.profile`); ``vocab`` overrides the detection's
     vocabulary.
+
+    ``repair_share`` (an extension beyond the paper, off by default): a share
+    of the ``size`` pairs is taken from the detection's *flagged* images, each
+    captioned with what the oracle really found there (its affected labels,
+    ``S_i minus K``), e.g. "a photo of a boat." for a triggered boat scene.  These
+    pairs show the model the trigger next to the right caption, which breaks
+    the trigger-target association directly; the rest of the set is drawn from
+    the pool as usual, so the total stays ``size``.  Only detection output is
+    used (oracle finds, never ground truth).
     """
     from eftclip.config import write_config
     from eftclip.data.captions import read_captions, write_captions_csv
@@ -213,10 +223,13 @@ def curate(
     else:
         item_labels = label_pool_by_clip(records, list(weights), clip_checkpoint, device=device)
 
+    if not 0 <= repair_share <= 1:
+        raise EftclipError(f"--repair-share must be in [0, 1], got {repair_share}")
     rng = np.random.default_rng(seed)
-    picks, assigned, report = select(item_labels, weights, size, rng)
+    repair = repair_pairs(detection_dir, int(round(repair_share * size)), rng) if repair_share else []
+    picks, assigned, report = select(item_labels, weights, size - len(repair), rng)
 
-    rows = [{"image": records[i].image, "caption": records[i].caption} for i in picks]
+    rows = [{"image": records[i].image, "caption": records[i].caption} for i in picks] + repair
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "finetune.csv"
     write_captions_csv(csv_path, rows, ["image", "caption"])
@@ -242,6 +255,9 @@ def curate(
         "fill": report["_fill"],
         "shortfalls": shortfalls,
         "keys": [records[i].key for i in picks],
+        "repair_share": repair_share,
+        "repair_pairs": len(repair),
+        "repair_rule": "flagged detection images captioned with the oracle's affected labels (S_i minus K)",
         "drawn_for": assigned,
     }
     write_json(out / "manifest.json", manifest)
@@ -254,7 +270,29 @@ def curate(
             "unaffected_ratio": unaffected_ratio,
             "seed": seed,
             "label_by": label_by,
+            "repair_share": repair_share,
             "clip_checkpoint": None if clip_checkpoint is None else str(clip_checkpoint),
         },
     )
     return manifest
+
+
+def repair_pairs(detection_dir: Path, n: int, rng: np.random.Generator,
+                 templates: Sequence[str] = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")) -> list[dict]:
+    """Up to ``n`` flagged images of a detection run, captioned with their affected labels.
+
+    Reads ``images.jsonl`` (the per-image decisions); an image qualifies when it
+    was flagged and the oracle confirmed at least one non-trigger object there.
+    Returns CleanCLIP rows ``{"image", "caption"}``; fewer than ``n`` when fewer qualify.
+    """
+    from eftclip.io import read_jsonl
+
+    records = [r for r in read_jsonl(Path(detection_dir) / "images.jsonl") if r.get("flagged") and r.get("affected")]
+    chosen = rng.permutation(len(records))[:n]
+    rows = []
+    for j in chosen:
+        rec = records[int(j)]
+        labels = list(rec["affected"])
+        phrase = " and a ".join(labels[:3])
+        rows.append({"image": rec["image"], "caption": templates[int(rng.integers(len(templates)))].format(phrase)})
+    return rows
