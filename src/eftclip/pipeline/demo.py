@@ -67,6 +67,7 @@ class FinetuneRecipe:
     lr: float = 5e-4  # peak learning rate (a tiny model from scratch needs more than the paper's 1e-5)
     warmup: int = 10  # warm-up steps
     unaffected_ratio: float = 0.25  # R: share given to labels the detection did not find affected
+    repair_share: float = 0.0  # >0 adds an "EftCLIP + repair" row: this share of the set from flagged images, oracle-captioned
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def run_demo(cfg: DemoConfig, *, resume: bool = False, force: bool = False) -> d
     from eftclip.config import to_dict, write_config
 
     out = Path(cfg.out)
-    runner = StageRunner(out, kind="demo", config=to_dict(cfg), total=14, resume=resume, force=force)
+    runner = StageRunner(out, kind="demo", config=to_dict(cfg), total=17 if cfg.finetune.repair_share else 15,
+                         resume=resume, force=force)
     write_config(out / "config.yaml", cfg)
     t_start = time.perf_counter()
     with _torch_threads(cfg.cpu_threads):
@@ -188,6 +190,16 @@ def _run(cfg: DemoConfig, out: Path, runner: StageRunner, t_start: float) -> dic
         "finetune_eftclip",
         lambda: steps.finetune(ctx, "eftclip", poisoned["checkpoint"], curated["csv"], cfg.finetune),
         label="fine-tune with EftCLIP")
+    if cfg.finetune.repair_share:
+        repaired = runner.run(
+            "curate_repair",
+            lambda: steps.curate(ctx, detection["dir"], cfg.finetune, repair_share=cfg.finetune.repair_share,
+                                 name="curated_repair"),
+            label="curate with repair pairs")
+        defenses["eftclip_repair"] = runner.run(
+            "finetune_eftclip_repair",
+            lambda: steps.finetune(ctx, "eftclip_repair", poisoned["checkpoint"], repaired["csv"], cfg.finetune),
+            label="fine-tune with EftCLIP + repair pairs")
     defenses["cleanclip"] = runner.run(
         "finetune_cleanclip",
         lambda: steps.finetune(ctx, "cleanclip", poisoned["checkpoint"], world["pool_csv"], cfg.finetune,
@@ -221,7 +233,6 @@ def _run(cfg: DemoConfig, out: Path, runner: StageRunner, t_start: float) -> dic
         "seconds": runner.total_seconds(),
         "wall_seconds_this_invocation": time.perf_counter() - t_start,
     }
-    runner.index = 13
     runner.run("report", lambda: steps.write_report(out, metrics, before=before, after=after,
                                                     detection=detection, curated=curated),
                label="write report.md, metrics.json and figures")

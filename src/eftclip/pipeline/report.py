@@ -16,6 +16,7 @@ ROW_NAMES = {
     "cleanclip": "CleanCLIP (random subset, same size)",
     "cleanclip_large": "CleanCLIP (random subset, larger)",
     "eftclip": "EftCLIP (curated set)",
+    "eftclip_repair": "EftCLIP + repair pairs (flagged images, oracle captions)",
 }
 
 
@@ -25,7 +26,7 @@ def results_table(metrics: dict, title: str) -> Table:
                   percent=["CA", "ASR"])
     table.add(Model=ROW_NAMES["clean"], CA=metrics["clean"]["ca"], ASR=metrics["clean"]["asr"])
     table.add(Model=ROW_NAMES["poisoned"], CA=metrics["poisoned"]["ca"], ASR=metrics["poisoned"]["asr"])
-    for name in ("cleanclip", "cleanclip_large", "eftclip"):
+    for name in ("cleanclip", "cleanclip_large", "eftclip", "eftclip_repair"):
         d = metrics["defenses"].get(name)
         if d:
             table.add(Model=ROW_NAMES[name], CA=d["ca"], ASR=d["asr"], **{
@@ -105,7 +106,8 @@ def write_demo_report(out: Path, metrics: dict, *, before: dict, after: dict, de
         write_table(table, tables / stem)
     bars = {ROW_NAMES["clean"].split(" (")[0]: metrics["clean"], "Poisoned": metrics["poisoned"]}
     for name, d in metrics["defenses"].items():
-        bars[{"eftclip": "EftCLIP", "cleanclip": "CleanCLIP", "cleanclip_large": "CleanCLIP (large)"}[name]] = d
+        bars[{"eftclip": "EftCLIP", "cleanclip": "CleanCLIP", "cleanclip_large": "CleanCLIP (large)",
+              "eftclip_repair": "EftCLIP + repair"}[name]] = d
     ca_asr_bars(bars, figures / "ca_asr.png")
     fig7 = Path(detection["dir"]) / "figure7.png"
     if fig7.exists():

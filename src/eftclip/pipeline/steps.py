@@ -242,12 +242,15 @@ def read_profile(path: Path) -> dict[str, int]:
         return {row["label"]: int(row["count"]) for row in csv.DictReader(fh)}
 
 
-def curate(ctx: Context, detection_dir: str, recipe: Any) -> dict:
+def curate(ctx: Context, detection_dir: str, recipe: Any, *, repair_share: float = 0.0,
+           name: str = "curated") -> dict:
+    """``repair_share``: share of the set taken from flagged images with the oracle's labels (0 = the paper's set)."""
     from eftclip.curation import curate as run_curate
 
-    out = ctx.out / "curated"
+    out = ctx.out / name
     manifest = run_curate(detection_dir, ctx.world["pool_csv"], size=recipe.size,
-                          unaffected_ratio=recipe.unaffected_ratio, out=out, seed=ctx.seed)
+                          unaffected_ratio=recipe.unaffected_ratio, out=out, seed=ctx.seed,
+                          repair_share=repair_share)
     return {"csv": str(manifest.get("csv", out / "finetune.csv")), "manifest": _jsonable(manifest)}
 
 
