@@ -61,7 +61,7 @@ class FinetuneRecipe:
     """How the poisoned world CLIP is fine-tuned (EftCLIP and CleanCLIP alike)."""
 
     size: int = 1000  # fine-tuning pairs (EftCLIP's curated set and CleanCLIP's random subset)
-    large_size: int = 4000  # the larger random subset, as the paper's CleanCLIP used (0 = skip)
+    large_size: int = 3000  # the larger random subset (the whole default pool), as the paper's CleanCLIP used (0 = skip)
     epochs: int = 10  # passes over the fine-tuning set
     batch_size: int = 64  # batch (the paper's 64)
     lr: float = 5e-4  # peak learning rate (a tiny model from scratch needs more than the paper's 1e-5)
