@@ -64,10 +64,10 @@ class FinetuneRecipe:
     large_size: int = 3000  # the larger random subset (the whole default pool), as the paper's CleanCLIP used (0 = skip)
     epochs: int = 10  # passes over the fine-tuning set
     batch_size: int = 64  # batch (the paper's 64)
-    lr: float = 5e-4  # peak learning rate (a tiny model from scratch needs more than the paper's 1e-5)
+    lr: float = 2e-4  # peak learning rate (measured: 5e-4 cost the poisoned world CLIP 15 CA points; the paper's 1e-5 moves a tiny model little)
     warmup: int = 10  # warm-up steps
     unaffected_ratio: float = 0.25  # R: share given to labels the detection did not find affected
-    repair_share: float = 0.0  # >0 adds an "EftCLIP + repair" row: this share of the set from flagged images, oracle-captioned
+    repair_share: float = 0.25  # >0 adds an "EftCLIP + repair" row: this share of the set from flagged images, oracle-captioned
 
 
 @dataclass(frozen=True)
