@@ -36,13 +36,12 @@ allowed when the pass-1 settings match) or ``force`` (start over).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -617,7 +616,7 @@ def run_detection(cfg: DetectConfig, *, oracle=None, bundle=None) -> dict:
     params = params_of(cfg)
     check_params(params, prompt_tau=prompt_tau)
     if oracle is None:
-        from eftclip.oracles import ORACLES, create_oracle
+        from eftclip.oracles import ORACLES
 
         if cfg.oracle not in ORACLES:
             raise EftclipError(f"--oracle: unknown oracle {cfg.oracle!r}; known: {', '.join(sorted(ORACLES))}")

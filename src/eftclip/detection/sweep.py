@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
