@@ -84,38 +84,18 @@ class TrojanNNTrigger(PatchTrigger):
         return self._patch
 
     @classmethod
-    def optimise(
-        cls,
-        bundle: Any,
-        target: str,
-        images: Sequence[Any],
-        steps: int = 100,
-        rng: Any = None,
-        *,
-        size: int = 16,
-        position: str = "bottom-right",
-        lr: float = 0.05,
-        templates: Sequence[str] | None = None,
-        layer: str | None = None,
-        units: Sequence[int] | None = None,
-        unit_weight: float = 1.0,
-        batch_size: int = 32,
-        device: str = "cpu",
-        progress: bool = True,
-    ) -> np.ndarray:
-        """Optimise a ``size`` x ``size`` patch against ``bundle``; return it as HWC uint8.
+    def optimise(cls, bundle: Any, target: str, images: Sequence[Any], steps: int = 100, rng: Any = None,
+                 **options: Any) -> np.ndarray:
+        """Optimise a patch against ``bundle``; return it as HWC uint8.
 
         ``bundle``: a ClipBundle (``.model``, ``.preprocess_val``, ``.tokenizer``).
         ``images``: HWC uint8 arrays or PIL images the patch is optimised on
         (each at least ``size`` px a side).  ``rng``: a ``torch.Generator``
         (initial patch, batches, random positions).  ``steps=0`` returns the
-        initial random patch.  See :func:`optimise_patch` for the rest.
+        initial random patch.  ``options`` (``size``, ``position``, ``lr``,
+        ``templates``, ``layer``, ``units``, ...) are those of :func:`optimise_patch`.
         """
-        return optimise_patch(
-            bundle, target, images, steps, rng, size=size, position=position, lr=lr,
-            templates=templates, layer=layer, units=units, unit_weight=unit_weight,
-            batch_size=batch_size, device=device, progress=progress,
-        )["pattern"]
+        return optimise_patch(bundle, target, images, steps, rng, **options)["pattern"]
 
 
 def save_pattern(pattern: np.ndarray, path: str | Path) -> Path:

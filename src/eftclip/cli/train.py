@@ -29,15 +29,11 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from eftclip.training import train
+    from eftclip.training.distributed import world_from_env
 
     cfg = config_from_args(args, TrainConfig)
     summary = train(cfg)
-    if summary.get("world_size", 1) == 1 or _is_main():
+    if world_from_env()[0] == 0:
         print(json.dumps(summary, indent=2, default=str))
     return 0
 
-
-def _is_main() -> bool:
-    from eftclip.training.distributed import world_from_env
-
-    return world_from_env()[0] == 0
