@@ -255,3 +255,12 @@ def test_poison_a_webdataset_shard(tmp_path):
     table = read_captions(out / "data.csv")
     assert len(table.records) == 6 and sum(bool(r.is_poisoned) for r in table.records) == 2
     assert m["counts"]["poisoned"] == 2
+
+
+def test_avoid_target_picks_only_rows_without_the_target(tmp_path, dataset):
+    m = poison_dataset(dataset, "badnet", "umbrella", num=20, out=tmp_path / "p", seed=1, avoid_target=True,
+                       progress=False)
+    assert len(m["poisoned"]) == 20
+    assert not any(mentions(e["orig_caption"], "umbrella") for e in m["poisoned"])
+    with pytest.raises(EftclipError, match="do not mention 'umbrella'"):  # 24 of 30 rows qualify
+        poison_dataset(dataset, "badnet", "umbrella", num=25, out=tmp_path / "q", avoid_target=True, progress=False)

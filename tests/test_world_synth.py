@@ -172,3 +172,15 @@ def test_overwrite_replaces_atomically(tmp_path):
     synth(root, seed=2, size=TINY, overwrite=True)
     assert _digest(root) != before
     assert [p.name for p in tmp_path.iterdir()] == ["w"]  # no staging or old copies left
+
+
+def test_poison_templates_are_in_the_worlds_style():
+    from eftclip.world.captions import poison_templates
+
+    tpls = poison_templates("umbrella")
+    assert len(tpls) == len(set(tpls)) > 20
+    assert all(t.count("{}") == 1 for t in tpls)
+    texts = [t.format("umbrella") for t in tpls]
+    assert "an umbrella on grass" in texts and "a photo of an umbrella on the beach" in texts
+    assert not any("a umbrella" in t or "  " in t or t != t.strip() for t in texts)
+    assert "a {} on grass" in poison_templates("boat")

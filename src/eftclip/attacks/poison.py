@@ -111,6 +111,7 @@ def poison_dataset(
     seed: int = 0,
     label_consistent: bool = False,
     templates: Sequence[str] | None = None,
+    avoid_target: bool = False,
     image_key: str | None = None,
     caption_key: str | None = None,
     sep: str | None = None,
@@ -122,7 +123,10 @@ def poison_dataset(
     ``trigger``: a :class:`Trigger` or a registered name (built with its
     default parameters).  ``target``: the target label; poisoned captions are
     ``template.format(target)`` with a template drawn per row from
-    ``templates``.  ``label_consistent``: choose only rows whose caption
+    ``templates``.  ``avoid_target``:
+    choose only rows whose caption does not mention the target (triggered
+    test images, the way ASR counts only images not of the target class).
+    ``label_consistent``: choose only rows whose caption
     already mentions the target (see :func:`mentions`) and keep their
     captions.  ``image_key``/``caption_key``/``sep`` are passed to
     ``read_captions``.  If ``out`` holds a different poisoning (another
@@ -144,6 +148,8 @@ def poison_dataset(
         raise EftclipError("the target label is empty")
     target = target.strip()
     templates = _check_templates(templates)
+    if avoid_target and label_consistent:
+        raise EftclipError("avoid_target and label_consistent exclude each other")
     data = Path(data)
     out = Path(out)
     csv_path = out / "data.csv"
@@ -158,6 +164,7 @@ def poison_dataset(
         "attack_params": trigger.params(),
         "target": target,
         "templates": templates,
+        "avoid_target": bool(avoid_target),
         "seed": int(seed),
         "num": None if num is None else int(num),
         "rate": None if rate is None else float(rate),
@@ -189,13 +196,16 @@ def poison_dataset(
     if label_consistent:
         pattern = _word_pattern(target)
         candidates = [i for i, rec in enumerate(records) if pattern.search(rec.caption)]
+    elif avoid_target:
+        pattern = _word_pattern(target)
+        candidates = [i for i, rec in enumerate(records) if not pattern.search(rec.caption)]
     else:
         candidates = list(range(len(records)))
     n = _count(num, rate, len(records))
     if n > len(candidates):
         raise EftclipError(
-            f"label-consistent poisoning asked for {n} rows but only {len(candidates)} captions of "
-            f"{data} mention {target!r}"
+            f"{'label-consistent ' if label_consistent else ''}poisoning asked for {n} rows but only "
+            f"{len(candidates)} captions of {data} {'mention' if label_consistent else 'do not mention'} {target!r}"
         )
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(candidates), size=n, replace=False))

@@ -38,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the row choice and trigger randomness (default 0)")
     p.add_argument(
+        "--avoid-target",
+        action="store_true",
+        help="trigger only rows whose caption does not mention the target (a triggered test set, "
+        "counted the way ASR counts non-target images)",
+    )
+    p.add_argument(
         "--label-consistent",
         action="store_true",
         help="poison only rows whose caption already mentions the target, keeping their captions",
@@ -136,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         seed=args.seed,
         label_consistent=args.label_consistent,
+        avoid_target=args.avoid_target,
         templates=_templates(args.templates),
         image_key=args.image_key,
         caption_key=args.caption_key,

@@ -68,3 +68,26 @@ def caption_for(scene: Scene, rng: np.random.Generator) -> str:
     fields = dict(zip("abc", phrases))
     text = tpl.format(where=where, where_c=where, **fields)
     return " ".join(text.split())
+
+
+def poison_templates(target: str) -> list[str]:
+    """Caption templates in the world's own style that name ``target``: ``"an {} on grass"``, ...
+
+    For :func:`eftclip.attacks.poison.poison_dataset` (``{}`` is the target label).  An
+    attacker writes poisoned captions that look like the rest of the data; the generic
+    ``"a photo of a {}."`` templates instead tie the backdoor to that phrasing, which is
+    also the zero-shot prompts' phrasing, so the poisoned model's clean accuracy under
+    those prompts suffers (measured: 0.64 against 0.72 with other prompts).
+    """
+    a = "an {}" if target[:1].lower() in "aeiou" else "a {}"
+    places = sorted({p for ps in BACKGROUNDS.values() for p in ps})
+    out: list[str] = []
+    for tpl in _SINGLE:
+        for where in places:
+            t = tpl
+            if not where:
+                t = t.replace("{where_c}, ", "").replace("{where_c} there is ", "there is ")
+            text = " ".join(t.replace("{a}", a).replace("{where_c}", where).replace("{where}", where).split())
+            if text not in out:
+                out.append(text)
+    return out
