@@ -91,3 +91,38 @@ def test_cli_reports_bad_input_and_disk_failure(tmp_path, capsys, monkeypatch):
     assert "No space left on device" in err and "run.json" in err
     leftovers = list((tmp_path / "y").glob("*"))
     assert leftovers == [], f"temporary files left behind: {leftovers}"
+
+
+def test_run_group_runs_stages_in_worker_processes_and_keeps_finished_ones(tmp_path):
+    import operator
+
+    from eftclip.pipeline.stages import Job
+
+    stream = io.StringIO()
+    runner = StageRunner(tmp_path / "run", kind="demo", config={}, total=4, stream=stream)
+    runner.run("first", lambda: 1)
+    jobs = [Job("a", operator.add, (2, 3), label="add"), Job("b", operator.mul, (4, 5)),
+            Job("c", operator.truediv, (1, 0))]
+    with pytest.raises(ZeroDivisionError):
+        runner.run_group(jobs, workers=2, threads=1)
+    # the stages that finished keep their results; the failed one left no marker
+    assert json.loads((tmp_path / "run" / "stages" / "a.json").read_text())["result"] == 5
+    assert json.loads((tmp_path / "run" / "stages" / "b.json").read_text())["result"] == 20
+    assert not (tmp_path / "run" / "stages" / "c.json").exists()
+    assert "[2/4] add ... (in parallel)" in stream.getvalue()
+
+    again = StageRunner(tmp_path / "run", kind="demo", config={}, total=4, stream=io.StringIO())
+    again.run("first", lambda: 1)
+    jobs[2] = Job("c", operator.sub, (10, 4))
+    assert again.run_group(jobs, workers=2) == {"a": 5, "b": 20, "c": 6}  # one left: runs here
+    record = json.loads((tmp_path / "run" / "stages" / "b.json").read_text())
+    assert 0 < record["wall_seconds"] and again.total_seconds() >= record["wall_seconds"]
+
+
+def test_run_group_with_one_worker_runs_in_order_here(tmp_path):
+    from eftclip.pipeline.stages import Job
+
+    order = []
+    runner = StageRunner(tmp_path / "run", kind="demo", config={}, total=2, stream=io.StringIO())
+    out = runner.run_group([Job("x", order.append, ("x",)), Job("y", order.append, ("y",))], workers=1)
+    assert order == ["x", "y"] and out == {"x": None, "y": None}

@@ -29,7 +29,7 @@ from typing import Any
 from eftclip.errors import EftclipError
 from eftclip.io import write_json
 from eftclip.pipeline import steps
-from eftclip.pipeline.stages import StageRunner
+from eftclip.pipeline.stages import Job, StageRunner
 
 # trigger parameters scaled to the world's 32 px images (the registry's defaults
 # are for 224 px photos); --attack-param overrides any of them
@@ -40,6 +40,18 @@ ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
     "trojannet": {"cell_size": 1, "position": "bottom-right"},
     "trojannn": {"size": 4, "position": "bottom-right"},
 }
+
+
+# how poisoned captions are phrased (see eftclip.world.captions.poison_templates for why it matters)
+POISON_CAPTIONS = ("world", "generic")
+
+
+def _poison_templates(cfg: "DemoConfig") -> list[str] | None:
+    if cfg.poison_captions == "generic":
+        return None  # poison.DEFAULT_TEMPLATES
+    from eftclip.world.captions import poison_templates
+
+    return poison_templates(cfg.target)
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,7 @@ class DemoConfig:
     target: str = "umbrella"  # target category (one of the world's)
     seed: int = 0  # world, poisoning, training and detection randomness derive from it
     poison_rate: float = 0.03  # share of training pairs poisoned
+    poison_captions: str = "world"  # world: captions in the world's own style ("an umbrella on grass"); generic: "a photo of a {}." (poison.DEFAULT_TEMPLATES)
     quick: bool = False  # smaller world and fewer steps (CI): only effect directions are meaningful
     world_size: str = "default"  # world preset (eftclip.world.SIZES)
     templates: tuple = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.")  # zero-shot prompts (ensembled)
@@ -99,6 +112,7 @@ class DemoConfig:
     detect: DetectRecipe = field(default_factory=DetectRecipe)  # detection settings
     device: str = "auto"  # torch device
     cpu_threads: int = 1  # torch threads on CPU: on 2 shared cores one thread measured 25x faster than two
+    workers: int = 2  # processes for independent stages (the two pre-trainings; the fine-tunes); 1 = one after another
 
 
 def quick_config(**overrides: Any) -> DemoConfig:
@@ -125,6 +139,9 @@ def run_demo(cfg: DemoConfig, *, resume: bool = False, force: bool = False) -> d
         raise EftclipError(
             f"--target: '{cfg.target}' is not a category of the built-in world "
             f"(categories: {', '.join(DEFAULT_CATEGORIES)})")
+    if cfg.poison_captions not in POISON_CAPTIONS:
+        raise EftclipError(f"--poison-captions: unknown style '{cfg.poison_captions}' "
+                           f"(known: {', '.join(POISON_CAPTIONS)})")
     if not 0 < cfg.poison_rate < 1:
         raise EftclipError(f"--poison-rate must be in (0, 1), got {cfg.poison_rate}")
 
@@ -159,16 +176,38 @@ def _run(cfg: DemoConfig, out: Path, runner: StageRunner, t_start: float) -> dic
 
     world = runner.run("world", lambda: steps.make_world(ctx, size=cfg.world_size), label="make the world")
     ctx.world = world
-    clean = runner.run("train_clean", lambda: steps.pretrain(ctx, "clean", world["train_csv"], cfg.model),
-                       label="pre-train the clean CLIP")
-    trig = runner.run("trigger", lambda: steps.build_trigger(ctx, cfg.attack, trigger_params, clean["checkpoint"]),
-                      label=f"build the {cfg.attack} trigger")
-    poisoned_data = runner.run(
-        "poison", lambda: steps.poison(ctx, world["train_csv"], trig, rate=cfg.poison_rate, name="train"),
-        label=f"poison {cfg.poison_rate:.1%} of the training pairs")
-    poisoned = runner.run("train_poisoned",
-                          lambda: steps.pretrain(ctx, "poisoned", poisoned_data["csv"], cfg.model),
-                          label="pre-train the poisoned CLIP")
+    workers, threads = cfg.workers, cfg.cpu_threads or None
+    # stages side by side: only the first of a group draws progress bars (two would interleave)
+    quiet = dataclasses.replace(ctx, progress=False) if workers > 1 else ctx
+    pretrain_clean = Job("train_clean", steps.pretrain, (ctx, "clean", world["train_csv"], cfg.model),
+                         label="pre-train the clean CLIP")
+
+    def build_trigger(clean_checkpoint: str | None) -> dict:
+        return runner.run("trigger", lambda: steps.build_trigger(ctx, cfg.attack, trigger_params, clean_checkpoint),
+                          label=f"build the {cfg.attack} trigger")
+
+    def poison(trig: dict) -> dict:
+        return runner.run(
+            "poison", lambda: steps.poison(ctx, world["train_csv"], trig, rate=cfg.poison_rate, name="train",
+                                           templates=_poison_templates(cfg)),
+            label=f"poison {cfg.poison_rate:.1%} of the training pairs")
+
+    if cfg.attack == "trojannn":  # its patch is optimised against the clean CLIP: one after the other
+        clean = runner.run(pretrain_clean.name, pretrain_clean.call, label=pretrain_clean.label)
+        trig = build_trigger(clean["checkpoint"])
+        poisoned_data = poison(trig)
+        poisoned = runner.run("train_poisoned",
+                              lambda: steps.pretrain(ctx, "poisoned", poisoned_data["csv"], cfg.model),
+                              label="pre-train the poisoned CLIP")
+    else:  # the two pre-trainings are independent: side by side
+        trig = build_trigger(None)
+        poisoned_data = poison(trig)
+        models = runner.run_group([
+            pretrain_clean,
+            Job("train_poisoned", steps.pretrain, (quiet, "poisoned", poisoned_data["csv"], cfg.model),
+                label="pre-train the poisoned CLIP"),
+        ], workers=workers, threads=threads)
+        clean, poisoned = models["train_clean"], models["train_poisoned"]
     before = runner.run("evaluate_before", lambda: {
         "clean": steps.evaluate(ctx, clean["checkpoint"], trig),
         "poisoned": steps.evaluate(ctx, poisoned["checkpoint"], trig),
@@ -184,34 +223,39 @@ def _run(cfg: DemoConfig, out: Path, runner: StageRunner, t_start: float) -> dic
                            label="detect triggers and affected labels")
     curated = runner.run("curate", lambda: steps.curate(ctx, detection["dir"], cfg.finetune),
                          label="curate the compact fine-tuning set")
-    defenses: dict[str, Any] = {}
-    defenses["eftclip"] = runner.run(
-        "finetune_eftclip",
-        lambda: steps.finetune(ctx, "eftclip", poisoned["checkpoint"], curated["csv"], cfg.finetune),
-        label="fine-tune with EftCLIP")
+    repaired = None
     if cfg.finetune.repair_share:
         repaired = runner.run(
             "curate_repair",
             lambda: steps.curate(ctx, detection["dir"], cfg.finetune, repair_share=cfg.finetune.repair_share,
                                  name="curated_repair"),
             label="curate with repair pairs")
-        defenses["eftclip_repair"] = runner.run(
-            "finetune_eftclip_repair",
-            lambda: steps.finetune(ctx, "eftclip_repair", poisoned["checkpoint"], repaired["csv"], cfg.finetune),
-            label="fine-tune with EftCLIP + repair pairs")
-    defenses["cleanclip"] = runner.run(
-        "finetune_cleanclip",
-        lambda: steps.finetune(ctx, "cleanclip", poisoned["checkpoint"], world["pool_csv"], cfg.finetune,
-                               subset=cfg.finetune.size),
-        label=f"fine-tune with CleanCLIP ({cfg.finetune.size} random pairs)")
+    # the fine-tunes are independent of each other: side by side, the longest first
+    jobs: list[tuple[str, Job]] = []
     if cfg.finetune.large_size:
-        defenses["cleanclip_large"] = runner.run(
-            "finetune_cleanclip_large",
-            lambda: steps.finetune(ctx, "cleanclip_large", poisoned["checkpoint"], world["pool_csv"], cfg.finetune,
-                                   subset=cfg.finetune.large_size),
-            label=f"fine-tune with CleanCLIP ({cfg.finetune.large_size} random pairs)")
+        jobs.append(("cleanclip_large", Job(
+            "finetune_cleanclip_large", steps.finetune,
+            (quiet, "cleanclip_large", poisoned["checkpoint"], world["pool_csv"], cfg.finetune),
+            {"subset": cfg.finetune.large_size},
+            label=f"fine-tune with CleanCLIP ({cfg.finetune.large_size} random pairs)")))
     else:
         runner.index += 1
+    jobs.append(("eftclip", Job("finetune_eftclip", steps.finetune,
+                                (ctx, "eftclip", poisoned["checkpoint"], curated["csv"], cfg.finetune),
+                                label="fine-tune with EftCLIP")))
+    if repaired is not None:
+        jobs.append(("eftclip_repair", Job(
+            "finetune_eftclip_repair", steps.finetune,
+            (quiet, "eftclip_repair", poisoned["checkpoint"], repaired["csv"], cfg.finetune),
+            label="fine-tune with EftCLIP + repair pairs")))
+    jobs.append(("cleanclip", Job(
+        "finetune_cleanclip", steps.finetune,
+        (quiet, "cleanclip", poisoned["checkpoint"], world["pool_csv"], cfg.finetune), {"subset": cfg.finetune.size},
+        label=f"fine-tune with CleanCLIP ({cfg.finetune.size} random pairs)")))
+    tuned = runner.run_group([job for _, job in jobs], workers=workers, threads=threads)
+    order = ("eftclip", "eftclip_repair", "cleanclip", "cleanclip_large")
+    by_name = {name: tuned[job.name] for name, job in jobs}
+    defenses: dict[str, Any] = {name: by_name[name] for name in order if name in by_name}
     after = runner.run("evaluate_after", lambda: {
         name: steps.evaluate(ctx, d["checkpoint"], trig) for name, d in defenses.items()
     }, label="evaluate the defenses")

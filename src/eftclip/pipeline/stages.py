@@ -19,6 +19,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,10 +85,7 @@ class StageRunner:
         marker = self.out / "stages" / f"{name}.json"
         prefix = f"[{self.index}/{self.total}] {label}"
         if marker.exists():
-            record = read_json(marker)
-            self.seconds[name] = record.get("seconds", 0.0)
-            print(f"{prefix}: done earlier ({record.get('seconds', 0.0):.0f}s)", file=self.stream, flush=True)
-            return record["result"]
+            return self.run_done(name, label)
         print(f"{prefix} ...", file=self.stream, flush=True)
         t0 = time.perf_counter()
         result = fn()
@@ -97,9 +95,110 @@ class StageRunner:
         print(f"{prefix}: done in {seconds:.0f}s", file=self.stream, flush=True)
         return result
 
+    def run_group(self, jobs: list[Job], *, workers: int, threads: int | None = None) -> dict[str, Any]:
+        """Run independent stages, up to ``workers`` at a time, each in its own process.
+
+        Each job's ``fn`` is called as ``fn(*args, **kwargs)`` in a fresh (spawned) process, so
+        it must be importable by name and its arguments picklable.  With ``workers <= 1`` or a
+        single unfinished job, the stages run here, one after another, exactly as :meth:`run`.
+        ``threads``: torch threads in each worker process (two processes with one thread each
+        use two cores far better than one process with two threads on a shared machine).
+        Returns ``{name: result}``.  A stage records its own time as ``seconds`` and its share
+        of the group's wall time as ``wall_seconds``, which :meth:`total_seconds` adds up.
+        """
+        pending = [j for j in jobs if not self.done(j.name)]
+        if workers <= 1 or len(pending) <= 1:
+            return {j.name: self.run(j.name, j.call, label=j.label) for j in jobs}
+        import concurrent.futures as cf
+        import multiprocessing
+
+        results: dict[str, Any] = {}
+        numbers: dict[str, int] = {}
+        for j in jobs:
+            self.index += 1
+            numbers[j.name] = self.index
+            if self.done(j.name):
+                results[j.name] = self.run_done(j.name, j.label)
+        t_group = time.perf_counter()
+        own: dict[str, float] = {}
+        errors: list[BaseException] = []
+        with cf.ProcessPoolExecutor(max_workers=min(workers, len(pending)),
+                                    mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_worker_init, initargs=(threads,)) as pool:
+            futures = {}
+            for j in pending:
+                print(f"[{numbers[j.name]}/{self.total}] {j.label or j.name} ... (in parallel)",
+                      file=self.stream, flush=True)
+                futures[pool.submit(_timed, j.fn, j.args, j.kwargs)] = j
+            for fut in cf.as_completed(futures):
+                j = futures[fut]
+                try:
+                    result, seconds = fut.result()
+                except BaseException as exc:  # noqa: BLE001 - the others finish and keep their results
+                    errors.append(exc)
+                    continue
+                own[j.name] = seconds
+                results[j.name] = result
+                write_json(self.out / "stages" / f"{j.name}.json", {"stage": j.name, "seconds": seconds,
+                                                                    "result": result})
+                print(f"[{numbers[j.name]}/{self.total}] {j.label or j.name}: done in {seconds:.0f}s",
+                      file=self.stream, flush=True)
+        wall = time.perf_counter() - t_group
+        for name, seconds in own.items():
+            share = wall * seconds / max(sum(own.values()), 1e-9)
+            self.seconds[name] = share
+            record = read_json(self.out / "stages" / f"{name}.json")
+            write_json(self.out / "stages" / f"{name}.json", {**record, "wall_seconds": share})
+        if errors:
+            raise errors[0]
+        return {j.name: results[j.name] for j in jobs}
+
+    def run_done(self, name: str, label: str | None = None) -> Any:
+        record = read_json(self.out / "stages" / f"{name}.json")
+        self.seconds[name] = record.get("wall_seconds", record.get("seconds", 0.0))
+        print(f"[{self.index}/{self.total}] {label or name}: done earlier ({record.get('seconds', 0.0):.0f}s)",
+              file=self.stream, flush=True)
+        return record["result"]
+
     def total_seconds(self) -> float:
-        """Wall time of all stages, counting stages finished in earlier invocations."""
+        """Wall time of all stages, counting stages finished in earlier invocations
+        (stages run side by side count their share of the group's wall time)."""
         return float(sum(self.seconds.values()))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One stage of :meth:`StageRunner.run_group`: ``fn(*args, **kwargs)`` in a worker process."""
+
+    name: str  # stage name (stages/<name>.json)
+    fn: Callable[..., Any]  # a module-level function (pickled by name)
+    args: tuple = ()  # positional arguments (picklable)
+    kwargs: dict = field(default_factory=dict)  # keyword arguments (picklable)
+    label: str | None = None  # progress line text
+
+    def call(self) -> Any:
+        return self.fn(*self.args, **self.kwargs)
+
+
+def _worker_init(threads: int | None) -> None:
+    """Worker set-up: die with the parent (a killed demo leaves no orphan writing its folder)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool still ends its workers on exit
+        pass
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _timed(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - t0
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:

@@ -91,12 +91,16 @@ def make_trigger(trig: dict):
 
 
 def poison(ctx: Context, csv: str, trig: dict, *, rate: float | None = None, num: int | None = None,
-           name: str, seed_offset: int = 0) -> dict:
+           name: str, seed_offset: int = 0, templates: list[str] | None = None,
+           avoid_target: bool = False) -> dict:
+    """``templates``: the poisoned captions (default: poison.DEFAULT_TEMPLATES); ``avoid_target``:
+    trigger only rows that do not mention the target (see poison_dataset)."""
     from eftclip.attacks.poison import poison_dataset
 
     out = ctx.out / "poisoned" / name
     manifest = poison_dataset(csv, make_trigger(trig), ctx.target, rate=rate, num=num, out=out,
-                              seed=ctx.seed + seed_offset, force=True, progress=ctx.progress)
+                              seed=ctx.seed + seed_offset, templates=templates,
+                              avoid_target=avoid_target, force=True, progress=ctx.progress)
     return {"csv": str(out / "data.csv"), "manifest": str(out / "manifest.json"),
             "poisoned": int(manifest.get("counts", {}).get("poisoned", 0))}
 
@@ -106,6 +110,9 @@ def detection_set(ctx: Context, trig: dict, *, scenes: int, share: float) -> dic
 
     Poisoning machinery is reused so the CSV has the ``is_poisoned`` ground truth;
     captions do not matter to detection (the detector never reads them as truth).
+    Triggered scenes are drawn from those without the target, the way ASR counts only
+    images not of the target class: a triggered scene that really holds an umbrella is
+    rightly not flagged, and would only blur the detection rate.
     """
     from eftclip.data.captions import read_captions, write_captions_csv
 
@@ -116,7 +123,8 @@ def detection_set(ctx: Context, trig: dict, *, scenes: int, share: float) -> dic
     subset = ctx.out / "detect_set" / "source.csv"
     write_captions_csv(subset, [{"image": r.image, "caption": r.caption} for r in table.records[:scenes]],
                        ["image", "caption"])
-    result = poison(ctx, str(subset), trig, num=max(1, int(round(share * scenes))), name="detect", seed_offset=101)
+    result = poison(ctx, str(subset), trig, num=max(1, int(round(share * scenes))), name="detect", seed_offset=101,
+                    avoid_target=True)
     return result
 
 
