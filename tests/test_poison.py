@@ -132,7 +132,7 @@ def test_label_consistent_picks_only_mentions_and_keeps_captions(tmp_path, datas
     assert m["counts"]["candidates"] == 6  # rows 0, 5, ..., 25
     for e in m["poisoned"]:
         assert e["caption"] == e["orig_caption"] and mentions(e["caption"], "umbrella")
-    with pytest.raises(EftclipError, match="only 6 captions"):
+    with pytest.raises(EftclipError, match=r"only 6 rows of .* qualify \(captions that mention 'umbrella'\)"):
         poison_dataset(dataset, "wanet", "umbrella", num=7, out=tmp_path / "lc2", label_consistent=True, progress=False)
 
 
@@ -264,3 +264,14 @@ def test_avoid_target_picks_only_rows_without_the_target(tmp_path, dataset):
     assert not any(mentions(e["orig_caption"], "umbrella") for e in m["poisoned"])
     with pytest.raises(EftclipError, match="do not mention 'umbrella'"):  # 24 of 30 rows qualify
         poison_dataset(dataset, "badnet", "umbrella", num=25, out=tmp_path / "q", avoid_target=True, progress=False)
+
+
+def test_rows_limit_the_choice_and_are_checked(tmp_path, dataset):
+    allowed = [1, 2, 3, 7, 8, 9, 20]
+    m = poison_dataset(dataset, "badnet", "umbrella", num=5, out=tmp_path / "p", seed=2, rows=allowed, progress=False)
+    assert {e["row"] for e in m["poisoned"]} <= {r + 1 for r in allowed}  # CSV rows count from 1 after the header
+    assert m["request"]["rows"]["count"] == 7
+    with pytest.raises(EftclipError, match="among the 7 given rows"):
+        poison_dataset(dataset, "badnet", "umbrella", num=8, out=tmp_path / "q", rows=allowed, progress=False)
+    with pytest.raises(EftclipError, match=r"rows: positions must lie in \[0, 30\)"):
+        poison_dataset(dataset, "badnet", "umbrella", num=1, out=tmp_path / "r", rows=[30], progress=False)

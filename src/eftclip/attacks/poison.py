@@ -73,6 +73,12 @@ def _word_pattern(word: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w-]){body}(?![\w-])", re.IGNORECASE)
 
 
+def _digest(rows: list[int]) -> str:
+    import hashlib
+
+    return hashlib.sha256(",".join(map(str, rows)).encode()).hexdigest()
+
+
 def _check_templates(templates: Sequence[str] | None) -> list[str]:
     templates = list(DEFAULT_TEMPLATES if templates is None else templates)
     if not templates:
@@ -112,6 +118,7 @@ def poison_dataset(
     label_consistent: bool = False,
     templates: Sequence[str] | None = None,
     avoid_target: bool = False,
+    rows: Sequence[int] | None = None,
     image_key: str | None = None,
     caption_key: str | None = None,
     sep: str | None = None,
@@ -126,6 +133,8 @@ def poison_dataset(
     ``templates``.  ``avoid_target``:
     choose only rows whose caption does not mention the target (triggered
     test images, the way ASR counts only images not of the target class).
+    ``rows``: positions (0-based, in table order) that may be chosen, e.g. the
+    attacker's pick of images that show one thing; None = any row.
     ``label_consistent``: choose only rows whose caption
     already mentions the target (see :func:`mentions`) and keep their
     captions.  ``image_key``/``caption_key``/``sep`` are passed to
@@ -150,6 +159,8 @@ def poison_dataset(
     templates = _check_templates(templates)
     if avoid_target and label_consistent:
         raise EftclipError("avoid_target and label_consistent exclude each other")
+    if rows is not None:
+        rows = sorted({int(r) for r in rows})
     data = Path(data)
     out = Path(out)
     csv_path = out / "data.csv"
@@ -165,6 +176,7 @@ def poison_dataset(
         "target": target,
         "templates": templates,
         "avoid_target": bool(avoid_target),
+        "rows": None if rows is None else {"count": len(rows), "sha256": _digest(rows)},
         "seed": int(seed),
         "num": None if num is None else int(num),
         "rate": None if rate is None else float(rate),
@@ -201,11 +213,19 @@ def poison_dataset(
         candidates = [i for i, rec in enumerate(records) if not pattern.search(rec.caption)]
     else:
         candidates = list(range(len(records)))
+    if rows is not None:
+        if rows and not 0 <= rows[0] <= rows[-1] < len(records):
+            raise EftclipError(f"rows: positions must lie in [0, {len(records)}) for {data}, got {rows[0]}..{rows[-1]}")
+        allowed = set(rows)
+        candidates = [i for i in candidates if i in allowed]
     n = _count(num, rate, len(records))
     if n > len(candidates):
         raise EftclipError(
             f"{'label-consistent ' if label_consistent else ''}poisoning asked for {n} rows but only "
-            f"{len(candidates)} captions of {data} {'mention' if label_consistent else 'do not mention'} {target!r}"
+            f"{len(candidates)} rows of {data} qualify"
+            + (f" (captions that {'mention' if label_consistent else 'do not mention'} {target!r})"
+               if label_consistent or avoid_target else "")
+            + (f" (among the {len(rows)} given rows)" if rows is not None else "")
         )
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(candidates), size=n, replace=False))
