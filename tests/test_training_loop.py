@@ -88,6 +88,19 @@ def test_finetune_clip_objective_and_subset(tmp_path, data, pretrained):
     assert [r.image for r in a.images] != [r.image for r in b.images]
 
 
+def test_finetune_lock_text_changes_only_the_image_tower(tmp_path, data, pretrained):
+    out = tmp_path / "locked"
+    finetune(FinetuneConfig(checkpoint=str(pretrained / "final.safetensors"), data=str(data), epochs=1,
+                            batch_size=16, lr=1e-3, warmup=1, lock_text=True, out=str(out), **FAST))
+    before = read_state_dict(pretrained / "final.safetensors")
+    after = read_state_dict(out / "final.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    text = {k for k in before if k.startswith(("transformer.", "token_embedding", "positional_embedding",
+                                                "ln_final", "text_projection"))}
+    assert text and not (changed & text), sorted(changed & text)[:5]
+    assert any(k.startswith("visual.") for k in changed)
+
+
 class Kill(Exception):
     pass
 

@@ -98,6 +98,7 @@ class FinetuneConfig:
     objective: str = "cleanclip"  # cleanclip (contrastive + in-modal) | clip (contrastive only)
     clip_weight: float = 1.0  # weight of the multimodal contrastive term
     inmodal_weight: float = 1.0  # weight of the in-modal term (image vs AutoAugment view, caption vs EDA)
+    lock_text: bool = False  # freeze the text tower (open_clip's lock_text_tower): only the image tower learns, so zero-shot prompts keep their pre-trained embeddings
     subset: int | None = None  # use a random subset of this many pairs (the CleanCLIP baseline)
     subset_seed: int = 0  # seed of that subset
     epochs: int = 10  # passes over the data

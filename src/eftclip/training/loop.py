@@ -132,6 +132,15 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def _lock_text_tower(model: torch.nn.Module) -> None:
+    """Freeze the text tower: a backdoor lives in the image tower, and a small fine-tuning
+    set otherwise drags the zero-shot prompts' embeddings along with its own captions."""
+    if hasattr(model, "lock_text_tower"):
+        model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+        return
+    raise EftclipError(f"--lock-text: {type(model).__name__} has no text tower to lock")
+
+
 def _adamw(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
     groups = _param_groups(model, cfg.weight_decay)
     kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
@@ -329,6 +338,9 @@ class _Run:
             objective = RoClipLoss(clip_loss, pool)
         else:
             objective = ContrastiveLoss(clip_loss)
+
+        if getattr(cfg, "lock_text", False):
+            _lock_text_tower(model)
 
         ddp_model = model
         if info.distributed:
