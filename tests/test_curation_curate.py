@@ -104,3 +104,17 @@ def test_repair_share_takes_flagged_images_with_the_oracles_labels(setup):
     assert len(repaired) == 4 and all("boat" in r["caption"] and "umbrella" not in r["caption"] for r in repaired)
     with pytest.raises(EftclipError, match="repair-share"):
         curate(det, pool, size=40, unaffected_ratio=0.5, out=tmp / "bad", repair_share=1.5)
+
+
+def test_repair_captions_are_borrowed_from_the_pool_when_it_names_the_same_labels(tmp_path):
+    from eftclip.curation.curate import repair_pairs
+
+    lines = [json.dumps({"image": f"img{i}.png", "flagged": True, "affected": labs})
+             for i, labs in enumerate([["boat"], ["arrow", "car"], ["owl"]])]
+    (tmp_path / "images.jsonl").write_text("\n".join(lines) + "\n")
+    pool = {frozenset(["boat"]): ["a red boat on the sand"], frozenset(["car", "arrow"]): ["a car near an arrow"]}
+    rows = repair_pairs(tmp_path, 3, np.random.default_rng(0), pool_captions=pool)
+    captions = {r["image"]: r["caption"] for r in rows}
+    assert captions["img0.png"] == "a red boat on the sand"
+    assert captions["img1.png"] == "a car near an arrow"
+    assert captions["img2.png"].endswith("of an owl.")  # no pool caption names exactly {owl}: a template

@@ -226,7 +226,11 @@ def curate(
     if not 0 <= repair_share <= 1:
         raise EftclipError(f"--repair-share must be in [0, 1], got {repair_share}")
     rng = np.random.default_rng(seed)
-    repair = repair_pairs(detection_dir, int(round(repair_share * size)), rng) if repair_share else []
+    styled: dict[frozenset, list[str]] = {}
+    for rec, labs in zip(records, item_labels):
+        styled.setdefault(frozenset(labs), []).append(rec.caption)
+    repair = repair_pairs(detection_dir, int(round(repair_share * size)), rng,
+                          pool_captions=styled) if repair_share else []
     picks, assigned, report = select(item_labels, weights, size - len(repair), rng)
 
     rows = [{"image": records[i].image, "caption": records[i].caption} for i in picks] + repair
@@ -257,7 +261,8 @@ def curate(
         "keys": [records[i].key for i in picks],
         "repair_share": repair_share,
         "repair_pairs": len(repair),
-        "repair_rule": "flagged detection images captioned with the oracle's affected labels (S_i minus K)",
+        "repair_rule": "flagged detection images captioned with the oracle's affected labels (S_i minus K): "
+                       "a pool caption naming exactly those labels, else a template",
         "drawn_for": assigned,
     }
     write_json(out / "manifest.json", manifest)
@@ -278,11 +283,16 @@ def curate(
 
 
 def repair_pairs(detection_dir: Path, n: int, rng: np.random.Generator,
-                 templates: Sequence[str] = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")) -> list[dict]:
+                 templates: Sequence[str] = ("a photo of {}.", "a picture of {}.", "an image of {}."),
+                 pool_captions: dict[frozenset, list[str]] | None = None) -> list[dict]:
     """Up to ``n`` flagged images of a detection run, captioned with their affected labels.
 
     Reads ``images.jsonl`` (the per-image decisions); an image qualifies when it
     was flagged and the oracle confirmed at least one non-trigger object there.
+    The caption is borrowed from ``pool_captions`` (``{frozenset(labels): [captions]}``)
+    when the pool has one naming exactly those labels, so the repair pairs read like the
+    rest of the data (measured on the world: template captions, which share the zero-shot
+    prompts' phrasing, cost 8 more CA points); otherwise a template names them.
     Returns CleanCLIP rows ``{"image", "caption"}``; fewer than ``n`` when fewer qualify.
     """
     from eftclip.io import read_jsonl
@@ -292,7 +302,16 @@ def repair_pairs(detection_dir: Path, n: int, rng: np.random.Generator,
     rows = []
     for j in chosen:
         rec = records[int(j)]
-        labels = list(rec["affected"])
-        phrase = " and a ".join(labels[:3])
-        rows.append({"image": rec["image"], "caption": templates[int(rng.integers(len(templates)))].format(phrase)})
+        labels = list(rec["affected"])[:3]
+        borrowed = (pool_captions or {}).get(frozenset(labels))
+        if borrowed:
+            caption = borrowed[int(rng.integers(len(borrowed)))]
+        else:
+            phrase = " and ".join(_article(lab) for lab in labels)
+            caption = templates[int(rng.integers(len(templates)))].format(phrase)
+        rows.append({"image": rec["image"], "caption": caption})
     return rows
+
+
+def _article(label: str) -> str:
+    return ("an " if label[:1].lower() in "aeiou" else "a ") + label
