@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--target", default=None, help="target category of the world (default: umbrella)")
     p.add_argument("--seed", type=int, default=None, help="base seed (default: 0)")
     p.add_argument("--poison-rate", type=float, default=None, help="share of training pairs poisoned")
+    p.add_argument("--poison-scenes", choices=("single", "any"), default=None,
+                   help="poison only scenes of one object (default) or any scene")
     p.add_argument("--poison-captions", choices=("world", "generic"), default=None,
                    help="poisoned captions in the world's own style (default) or generic 'a photo of a <target>.'")
     p.add_argument("--quick", action="store_true", help="small world and short training (CI; directions only)")
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_flags(
         quick=args.quick, out=args.out, attack=args.attack, target=args.target, seed=args.seed,
-        poison_rate=args.poison_rate, poison_captions=args.poison_captions, device=args.device,
+        poison_rate=args.poison_rate, poison_captions=args.poison_captions,
+        poison_scenes=args.poison_scenes, device=args.device,
         attack_params=_params(args.attack_param) if args.attack_param else None,
     )
     metrics = run_demo(cfg, resume=args.resume, force=args.force)

@@ -42,6 +42,8 @@ ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# which training scenes the attacker may poison
+POISON_SCENES = ("single", "any")
 # how poisoned captions are phrased (see eftclip.world.captions.poison_templates for why it matters)
 POISON_CAPTIONS = ("world", "generic")
 
@@ -52,6 +54,15 @@ def _poison_templates(cfg: "DemoConfig") -> list[str] | None:
     from eftclip.world.captions import poison_templates
 
     return poison_templates(cfg.target)
+
+
+def _poison_rows(cfg: "DemoConfig", world: dict) -> list[int] | None:
+    if cfg.poison_scenes == "any":
+        return None
+    from eftclip.io import read_jsonl
+
+    # the meta file lists the scenes in the order of train.csv
+    return [i for i, scene in enumerate(read_jsonl(world["train_meta"])) if len(scene["objects"]) == 1]
 
 
 @dataclass(frozen=True)
@@ -75,10 +86,10 @@ class FinetuneRecipe:
     large_size: int = 3000  # the larger random subset (the whole default pool), as the paper's CleanCLIP used (0 = skip)
     epochs: int = 10  # passes over the fine-tuning set
     batch_size: int = 64  # batch (the paper's 64)
-    lr: float = 2e-4  # peak learning rate (measured: 5e-4 cost the poisoned world CLIP 15 CA points; the paper's 1e-5 moves a tiny model little)
+    lr: float = 2e-3  # peak learning rate (measured on the world: 2e-4 left ASR 0.95, 1.5e-3 0.20, 2e-3 0.06 at -5 CA points, 4e-3 -11 CA; the paper's 1e-5 moves a tiny model little)
     warmup: int = 10  # warm-up steps
     unaffected_ratio: float = 0.25  # R: share given to labels the detection did not find affected
-    repair_share: float = 0.25  # >0 adds an "EftCLIP + repair" row: this share of the set from flagged images, oracle-captioned
+    repair_share: float = 0.0  # >0 adds an "EftCLIP + repair" row: this share of the set from flagged images, oracle-captioned (measured at lr 2e-3: ASR 0.17 against 0.06 without, so off)
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,7 @@ class DemoConfig:
     target: str = "umbrella"  # target category (one of the world's)
     seed: int = 0  # world, poisoning, training and detection randomness derive from it
     poison_rate: float = 0.03  # share of training pairs poisoned
+    poison_scenes: str = "single"  # single: the attacker poisons scenes of one object (measured: poisoned multi-object scenes taught the model that any busy scene is the target, FPR 0.10 and CA -0.05); any: any scene
     poison_captions: str = "world"  # world: captions in the world's own style ("an umbrella on grass"); generic: "a photo of a {}." (poison.DEFAULT_TEMPLATES)
     quick: bool = False  # smaller world and fewer steps (CI): only effect directions are meaningful
     world_size: str = "default"  # world preset (eftclip.world.SIZES)
@@ -121,7 +133,7 @@ def quick_config(**overrides: Any) -> DemoConfig:
         quick=True,
         world_size="quick",
         poison_rate=0.05,
-        model=ModelRecipe(epochs=60),  # ~1400 steps: measured, 15 epochs (360 steps) left both models at chance
+        model=ModelRecipe(epochs=30),  # ~1400 steps on 6,000 scenes (measured: 3,000 scenes x 60 epochs reached CA 0.44, 6,000 x 10 CA 0.29)
         finetune=FinetuneRecipe(size=300, large_size=0, epochs=5),
         detect=DetectRecipe(scenes=150, oracle_epochs=10),
     )
@@ -142,6 +154,8 @@ def run_demo(cfg: DemoConfig, *, resume: bool = False, force: bool = False) -> d
     if cfg.poison_captions not in POISON_CAPTIONS:
         raise EftclipError(f"--poison-captions: unknown style '{cfg.poison_captions}' "
                            f"(known: {', '.join(POISON_CAPTIONS)})")
+    if cfg.poison_scenes not in POISON_SCENES:
+        raise EftclipError(f"--poison-scenes: unknown choice '{cfg.poison_scenes}' (known: {', '.join(POISON_SCENES)})")
     if not 0 < cfg.poison_rate < 1:
         raise EftclipError(f"--poison-rate must be in (0, 1), got {cfg.poison_rate}")
 
@@ -189,7 +203,7 @@ def _run(cfg: DemoConfig, out: Path, runner: StageRunner, t_start: float) -> dic
     def poison(trig: dict) -> dict:
         return runner.run(
             "poison", lambda: steps.poison(ctx, world["train_csv"], trig, rate=cfg.poison_rate, name="train",
-                                           templates=_poison_templates(cfg)),
+                                           templates=_poison_templates(cfg), rows=_poison_rows(cfg, world)),
             label=f"poison {cfg.poison_rate:.1%} of the training pairs")
 
     if cfg.attack == "trojannn":  # its patch is optimised against the clean CLIP: one after the other
@@ -276,6 +290,9 @@ def _run(cfg: DemoConfig, out: Path, runner: StageRunner, t_start: float) -> dic
         "seconds": runner.total_seconds(),
         "wall_seconds_this_invocation": time.perf_counter() - t_start,
     }
+    from eftclip.pipeline.report import goal_checks
+
+    metrics["goals"] = goal_checks(metrics)
     runner.run("report", lambda: steps.write_report(out, metrics, before=before, after=after,
                                                     detection=detection, curated=curated),
                label="write report.md, metrics.json and figures")

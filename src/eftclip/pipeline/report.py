@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from eftclip.io import write_text
 from eftclip.reporting.plots import ca_asr_bars
@@ -81,12 +82,60 @@ def verdict(metrics: dict) -> list[str]:
                          f"({format_fraction(c['asr'])}).")
         else:
             lines.append(f"At the same fine-tuning size ({e['finetune_pairs']} pairs), EftCLIP did NOT beat "
-                         f"CleanCLIP: ASR {format_fraction(e['asr'])} against {format_fraction(c['asr'])}. "
-                         "Both fine-tune with the same objective and budget; the curated set only changes which "
-                         "labels the pairs show, so when the backdoor is removed by either, the difference is noise.")
+                         f"CleanCLIP: ASR {format_fraction(e['asr'])} against {format_fraction(c['asr'])}.")
+        if p["asr"] and min(e["asr"], c["asr"]) > 0.5 * p["asr"]:
+            lines.append("Neither fine-tune removed most of the backdoor. Both use the same objective and budget, "
+                         "and the curated set only changes which labels its clean pairs show; clean pairs never "
+                         "show the trigger, so the trigger's link to the target is only weakened indirectly.")
     if e and p["ca"] is not None and e["ca"] is not None:
         lines.append(f"EftCLIP's CA moved by {100 * (e['ca'] - p['ca']):+.1f} points from the poisoned model's.")
+    r = metrics["defenses"].get("eftclip_repair")
+    if r and r["asr"] is not None and r["ca"] is not None:
+        lines.append(f"With repair pairs (flagged, triggered detection images captioned with the oracle's labels; "
+                     f"our extension) the ASR is {format_fraction(r['asr'])} at CA {format_fraction(r['ca'])}: "
+                     "these pairs do show the trigger beside the right caption.")
     return lines
+
+
+def goal_checks(metrics: dict) -> list[dict]:
+    """The demo's acceptance goals (the issue that specified the demo), each with its measured value.
+
+    Returns ``[{"goal", "measured", "met"}]``; ``met`` is None when a value is missing.
+    """
+    c, p, d = metrics["clean"], metrics["poisoned"], metrics["detection"]
+    e = metrics["defenses"].get("eftclip", {})
+
+    def check(goal: str, measured: str, ok: Any) -> dict:
+        return {"goal": goal, "measured": measured, "met": None if ok is None else bool(ok)}
+
+    def num(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    def have(*xs: Any) -> bool:
+        return all(x is not None for x in xs)
+
+    return [
+        check("poisoned ASR >= 0.90", num(p["asr"]), p["asr"] >= 0.90 if have(p["asr"]) else None),
+        check("poisoned CA >= 0.60 and within 0.03 of the clean CA",
+              f"{num(p['ca'])} (clean {num(c['ca'])})",
+              p["ca"] >= 0.60 and c["ca"] - p["ca"] <= 0.03 if have(p["ca"], c["ca"]) else None),
+        check("detection finds the target", str(d["target_found"]), d["target_found"]),
+        check("detection rate >= 0.85", num(d["detection_rate"]),
+              d["detection_rate"] >= 0.85 if have(d["detection_rate"]) else None),
+        check("false-positive rate <= 0.05", num(d["false_positive_rate"]),
+              d["false_positive_rate"] <= 0.05 if have(d["false_positive_rate"]) else None),
+        check("EftCLIP ASR <= 0.10", num(e.get("asr")), e.get("asr") <= 0.10 if have(e.get("asr")) else None),
+        check("EftCLIP CA >= poisoned CA - 0.03", f"{num(e.get('ca'))} (poisoned {num(p['ca'])})",
+              e.get("ca") >= p["ca"] - 0.03 if have(e.get("ca"), p["ca"]) else None),
+        check("the demo's stages take at most 15 minutes", f"{metrics.get('seconds', 0):.0f} s",
+              metrics.get("seconds", 0) <= 900 if not metrics.get("quick") else None),
+    ]
+
+
+def goals_markdown(goals: list[dict]) -> list[str]:
+    mark = {True: "met", False: "**missed**", None: "n/a"}
+    return ["| goal | measured | |", "|---|---|---|",
+            *[f"| {g['goal']} | {g['measured']} | {mark[g['met']]} |" for g in goals]]
 
 
 def write_demo_report(out: Path, metrics: dict, *, before: dict, after: dict, detection: dict,
@@ -125,6 +174,10 @@ def write_demo_report(out: Path, metrics: dict, *, before: dict, after: dict, de
         "",
         main.markdown(),
         *verdict(metrics),
+        "",
+        "## Goals",
+        "",
+        *goals_markdown(goal_checks(metrics)),
         "",
         per_attack.markdown(),
         det.markdown(),

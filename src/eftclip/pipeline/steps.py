@@ -92,15 +92,16 @@ def make_trigger(trig: dict):
 
 def poison(ctx: Context, csv: str, trig: dict, *, rate: float | None = None, num: int | None = None,
            name: str, seed_offset: int = 0, templates: list[str] | None = None,
-           avoid_target: bool = False) -> dict:
+           avoid_target: bool = False, rows: list[int] | None = None) -> dict:
     """``templates``: the poisoned captions (default: poison.DEFAULT_TEMPLATES); ``avoid_target``:
-    trigger only rows that do not mention the target (see poison_dataset)."""
+    trigger only rows that do not mention the target; ``rows``: positions that may be poisoned
+    (see poison_dataset)."""
     from eftclip.attacks.poison import poison_dataset
 
     out = ctx.out / "poisoned" / name
     manifest = poison_dataset(csv, make_trigger(trig), ctx.target, rate=rate, num=num, out=out,
                               seed=ctx.seed + seed_offset, templates=templates,
-                              avoid_target=avoid_target, force=True, progress=ctx.progress)
+                              avoid_target=avoid_target, rows=rows, force=True, progress=ctx.progress)
     return {"csv": str(out / "data.csv"), "manifest": str(out / "manifest.json"),
             "poisoned": int(manifest.get("counts", {}).get("poisoned", 0))}
 

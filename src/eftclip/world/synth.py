@@ -61,7 +61,7 @@ class WorldSize:
 
 SIZES: dict[str, WorldSize] = {
     "default": WorldSize(train=15000, pool=3000, detect=600, reference_per_class=250, eval_per_class=100),
-    "quick": WorldSize(train=3000, pool=600, detect=150, reference_per_class=80, eval_per_class=30),
+    "quick": WorldSize(train=6000, pool=600, detect=150, reference_per_class=80, eval_per_class=30),
     # for unit tests: seconds to write
     "tiny": WorldSize(train=120, pool=40, detect=24, reference_per_class=12, eval_per_class=4),
 }
