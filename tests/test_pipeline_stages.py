@@ -72,7 +72,11 @@ def test_demo_rejects_unknown_attack_and_target(tmp_path):
         run_demo(DemoConfig(out=str(tmp_path / "a"), attack="nope"))
     with pytest.raises(EftclipError, match="'zebra' is not a category.*umbrella"):
         run_demo(DemoConfig(out=str(tmp_path / "b"), target="zebra"))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists(), "nothing is written for bad input"
+    with pytest.raises(EftclipError, match="--workers must be a whole number >= 1, got 0"):
+        run_demo(DemoConfig(out=str(tmp_path / "c"), workers=0))
+    with pytest.raises(EftclipError, match="--poison-scenes: unknown choice 'many'"):
+        run_demo(DemoConfig(out=str(tmp_path / "d"), poison_scenes="many"))
+    assert not any((tmp_path / d).exists() for d in "abcd"), "nothing is written for bad input"
 
 
 def test_cli_reports_bad_input_and_disk_failure(tmp_path, capsys, monkeypatch):

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="poisoned captions in the world's own style (default) or generic 'a photo of a <target>.'")
     p.add_argument("--quick", action="store_true", help="small world and short training (CI; directions only)")
     p.add_argument("--device", default=None, help="torch device: auto (default), cpu, cuda")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes for independent stages: the two pre-trainings, the fine-tunes (default 2; "
+                        "1 = one after another)")
     p.add_argument("--resume", action="store_true",
                    help="continue a demo in DIR made with other settings (finished stages are kept)")
     p.add_argument("--force", action="store_true", help="delete DIR's contents and start over")
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_flags(
         quick=args.quick, out=args.out, attack=args.attack, target=args.target, seed=args.seed,
         poison_rate=args.poison_rate, poison_captions=args.poison_captions,
-        poison_scenes=args.poison_scenes, device=args.device,
+        poison_scenes=args.poison_scenes, workers=args.workers, device=args.device,
         attack_params=_params(args.attack_param) if args.attack_param else None,
     )
     metrics = run_demo(cfg, resume=args.resume, force=args.force)

@@ -70,7 +70,7 @@ class ModelRecipe:
     """How a world CLIP is pre-trained from scratch (measured to fit the demo's budget)."""
 
     model: str = "eftclip-world-rn"  # open_clip architecture (a project config)
-    epochs: int = 20  # passes over the world's training scenes
+    epochs: int = 30  # passes over the world's training scenes (20 measured: poisoned CA 0.73-0.905 across poison draws, still learning)
     batch_size: int = 128  # contrastive batch
     lr: float = 5e-3  # peak learning rate (cosine schedule; 8e-3 stalls, 3e-3 learns slower)
     warmup: int = 50  # warm-up steps
@@ -156,6 +156,8 @@ def run_demo(cfg: DemoConfig, *, resume: bool = False, force: bool = False) -> d
                            f"(known: {', '.join(POISON_CAPTIONS)})")
     if cfg.poison_scenes not in POISON_SCENES:
         raise EftclipError(f"--poison-scenes: unknown choice '{cfg.poison_scenes}' (known: {', '.join(POISON_SCENES)})")
+    if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
+        raise EftclipError(f"--workers must be a whole number >= 1, got {cfg.workers!r}")
     if not 0 < cfg.poison_rate < 1:
         raise EftclipError(f"--poison-rate must be in (0, 1), got {cfg.poison_rate}")
 
