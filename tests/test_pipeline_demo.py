@@ -79,10 +79,11 @@ def test_demo_refuses_another_runs_folder(tmp_path, capsys):
     assert "another configuration" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_quick_demo_effects_point_the_right_way(tmp_path):
+    """About 4 minutes on 2 cores (measured: clean CA 0.71 / ASR 0.04, poisoned 0.68 / 0.985,
+    target found, EftCLIP ASR 0.75). Not marked slow: it is the end-to-end effect check CI must run."""
     m = run_demo(quick_config(out=str(tmp_path / "quick"), device="cpu"))
-    assert m["poisoned"]["asr"] >= m["clean"]["asr"] + 0.3, m
+    assert m["poisoned"]["asr"] >= 0.5 and m["poisoned"]["asr"] >= m["clean"]["asr"] + 0.3, m
     assert m["detection"]["target_found"], m["detection"]
     assert m["defenses"]["eftclip"]["asr"] < m["poisoned"]["asr"], m["defenses"]
     assert set(m) >= {"attack", "target", "seed", "clean", "poisoned", "detection", "defenses", "seconds"}
