@@ -3,18 +3,18 @@
 Stages (each resumable; see :mod:`eftclip.pipeline.stages`):
 
 1. make the world (:func:`eftclip.world.synth`);
-2. pre-train the clean CLIP ("original CLIP" row);
-3. build the trigger (TrojanNN-style: a patch optimised against the clean CLIP,
-   standing in for the attacker's surrogate model);
-4. poison the training captions; 5. pre-train the poisoned CLIP;
+2. build the trigger; 3. poison the training captions (single-object scenes, captions in
+   the world's style); 4-5. pre-train the clean CLIP ("original CLIP" row) and the poisoned
+   CLIP side by side (TrojanNN-style optimises its patch against the clean CLIP, standing in
+   for the attacker's surrogate, so for it the clean model comes first);
 6. evaluate CA/ASR of both;
-7. build the detection set (clean scenes, a share of them triggered, ground
-   truth kept) and 8. train the world oracle's region classifier on the clean
-   reference split only;
+7. build the detection set (clean scenes, a share of the scenes without the target
+   triggered, ground truth kept) and 8. train the world oracle's region classifier on the
+   clean reference split only;
 9. detect triggers and affected labels with the ``reference`` oracle;
-10. curate the compact fine-tuning set; 11-13. fine-tune with EftCLIP, with
-    CleanCLIP on a random clean subset of the same size, and on a larger one;
-14. evaluate the defenses and write ``report.md``, ``metrics.json`` and figures.
+10. curate the compact fine-tuning set; 11-13. fine-tune with EftCLIP, with CleanCLIP on a
+    random clean subset of the same size, and on a larger one, side by side;
+14. evaluate the defenses and 15. write ``report.md``, ``metrics.json`` and figures.
 """
 
 from __future__ import annotations

@@ -76,8 +76,8 @@ def poison_templates(target: str) -> list[str]:
     For :func:`eftclip.attacks.poison.poison_dataset` (``{}`` is the target label).  An
     attacker writes poisoned captions that look like the rest of the data; the generic
     ``"a photo of a {}."`` templates instead tie the backdoor to that phrasing, which is
-    also the zero-shot prompts' phrasing, so the poisoned model's clean accuracy under
-    those prompts suffers (measured: 0.64 against 0.72 with other prompts).
+    also the zero-shot prompts' phrasing (measured on the default world, seed 0, 20 epochs:
+    generic captions gave CA 0.64 / ASR 0.79 under those prompts; these gave 0.86 / 0.95).
     """
     a = "an {}" if target[:1].lower() in "aeiou" else "a {}"
     places = sorted({p for ps in BACKGROUNDS.values() for p in ps})
