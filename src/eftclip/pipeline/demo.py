@@ -86,7 +86,7 @@ class FinetuneRecipe:
     large_size: int = 3000  # the larger random subset (the whole default pool), as the paper's CleanCLIP used (0 = skip)
     epochs: int = 10  # passes over the fine-tuning set
     batch_size: int = 64  # batch (the paper's 64)
-    lr: float = 2e-3  # peak learning rate (measured on the world: 2e-4 left ASR 0.95, 1.5e-3 0.20, 2e-3 0.06 at -5 CA points, 4e-3 -11 CA; the paper's 1e-5 moves a tiny model little)
+    lr: float = 2e-3  # peak learning rate (measured on the world: 2e-4 left ASR 0.95, 1.5e-3 0.20, 2e-3 0.06-0.10 at -5 to -9 CA points, 4e-3 0.05 at -11 to -13; the paper's 1e-5 moves a tiny model little)
     warmup: int = 10  # warm-up steps
     unaffected_ratio: float = 0.25  # R: share given to labels the detection did not find affected
     repair_share: float = 0.0  # >0 adds an "EftCLIP + repair" row: this share of the set from flagged images, oracle-captioned (measured at lr 2e-3: ASR 0.17 against 0.06 without, so off)
