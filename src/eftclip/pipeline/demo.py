@@ -114,7 +114,7 @@ class DemoConfig:
     target: str = "umbrella"  # target category (one of the world's)
     seed: int = 0  # world, poisoning, training and detection randomness derive from it
     poison_rate: float = 0.03  # share of training pairs poisoned
-    poison_scenes: str = "single"  # single: the attacker poisons scenes of one object (measured: poisoned multi-object scenes taught the model that any busy scene is the target, FPR 0.10 and CA -0.05); any: any scene
+    poison_scenes: str = "single"  # single: the attacker poisons scenes of one object (measured: poisoned multi-object scenes taught the model that any busy scene is the target: FPR 0.10 against 0.03, CA 0.86 against 0.905); any: any scene
     poison_captions: str = "world"  # world: captions in the world's own style ("an umbrella on grass"); generic: "a photo of a {}." (poison.DEFAULT_TEMPLATES)
     quick: bool = False  # smaller world and fewer steps (CI): only effect directions are meaningful
     world_size: str = "default"  # world preset (eftclip.world.SIZES)
