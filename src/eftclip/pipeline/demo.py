@@ -73,7 +73,7 @@ class ModelRecipe:
     epochs: int = 30  # passes over the world's training scenes (20 measured: poisoned CA 0.73-0.905 across poison draws, still learning)
     batch_size: int = 128  # contrastive batch
     lr: float = 5e-3  # peak learning rate (cosine schedule; 8e-3 stalls, 3e-3 learns slower)
-    warmup: int = 50  # warm-up steps
+    warmup: int = 500  # warm-up steps (measured, seed 1: with 50 the clean CLIP sat on the loss plateau for 11 epochs and ended at CA 0.30; with 500, 0.97)
     weight_decay: float = 0.1  # AdamW decay
     crop_scale_min: float = 1.0  # no random crop: at 32 px open_clip's crop cuts objects and the corner trigger
 
@@ -133,7 +133,7 @@ def quick_config(**overrides: Any) -> DemoConfig:
         quick=True,
         world_size="quick",
         poison_rate=0.05,
-        model=ModelRecipe(epochs=30),  # ~1400 steps on 6,000 scenes (measured: 3,000 scenes x 60 epochs reached CA 0.44, 6,000 x 10 CA 0.29)
+        model=ModelRecipe(epochs=30, warmup=50),  # ~1400 steps on 6,000 scenes (measured: 3,000 scenes x 60 epochs reached CA 0.44, 6,000 x 10 CA 0.29)
         finetune=FinetuneRecipe(size=300, large_size=0, epochs=5),
         detect=DetectRecipe(scenes=150, oracle_epochs=10),
     )
