@@ -296,6 +296,7 @@ def repair_pairs(detection_dir: Path, n: int, rng: np.random.Generator,
     Returns CleanCLIP rows ``{"image", "caption"}``; fewer than ``n`` when fewer qualify.
     """
     from eftclip.io import read_jsonl
+    from eftclip.world.captions import article
 
     records = [r for r in read_jsonl(Path(detection_dir) / "images.jsonl") if r.get("flagged") and r.get("affected")]
     chosen = rng.permutation(len(records))[:n]
@@ -307,11 +308,7 @@ def repair_pairs(detection_dir: Path, n: int, rng: np.random.Generator,
         if borrowed:
             caption = borrowed[int(rng.integers(len(borrowed)))]
         else:
-            phrase = " and ".join(_article(lab) for lab in labels)
+            phrase = " and ".join(article(lab) for lab in labels)
             caption = templates[int(rng.integers(len(templates)))].format(phrase)
         rows.append({"image": rec["image"], "caption": caption})
     return rows
-
-
-def _article(label: str) -> str:
-    return ("an " if label[:1].lower() in "aeiou" else "a ") + label

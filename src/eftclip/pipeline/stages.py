@@ -147,8 +147,8 @@ class StageRunner:
         for name, seconds in own.items():
             share = wall * seconds / max(sum(own.values()), 1e-9)
             self.seconds[name] = share
-            record = read_json(self.out / "stages" / f"{name}.json")
-            write_json(self.out / "stages" / f"{name}.json", {**record, "wall_seconds": share})
+            write_json(self.out / "stages" / f"{name}.json",
+                       {"stage": name, "seconds": seconds, "result": results[name], "wall_seconds": share})
         if errors:
             raise errors[0]
         return {j.name: results[j.name] for j in jobs}

@@ -63,11 +63,15 @@ def caption_for(scene: Scene, rng: np.random.Generator) -> str:
     if not phrases:
         return f"an empty scene {where}".strip()
     tpl = templates[rng.integers(len(templates))]
-    if not where and "{where_c}" in tpl:
+    return _fill(tpl, where, **dict(zip("abc", phrases)))
+
+
+def _fill(tpl: str, where: str, **phrases: str) -> str:
+    """``tpl`` with its place and noun phrases filled in; a template that leads with the
+    place loses that lead-in when the place is empty (plain backgrounds)."""
+    if not where:
         tpl = tpl.replace("{where_c}, ", "").replace("{where_c}: ", "").replace("{where_c} there is ", "there is ")
-    fields = dict(zip("abc", phrases))
-    text = tpl.format(where=where, where_c=where, **fields)
-    return " ".join(text.split())
+    return " ".join(tpl.format(where=where, where_c=where, **phrases).split())
 
 
 def poison_templates(target: str) -> list[str]:
@@ -79,15 +83,13 @@ def poison_templates(target: str) -> list[str]:
     also the zero-shot prompts' phrasing (measured on the default world, seed 0, 20 epochs:
     generic captions gave CA 0.64 / ASR 0.79 under those prompts; these gave 0.86 / 0.95).
     """
-    a = "an {}" if target[:1].lower() in "aeiou" else "a {}"
+    # the article follows the target; "{}" stays in the text for poison_dataset to fill
+    a = article(target)[: -len(target)] + "{}"
     places = sorted({p for ps in BACKGROUNDS.values() for p in ps})
     out: list[str] = []
     for tpl in _SINGLE:
         for where in places:
-            t = tpl
-            if not where:
-                t = t.replace("{where_c}, ", "").replace("{where_c} there is ", "there is ")
-            text = " ".join(t.replace("{a}", a).replace("{where_c}", where).replace("{where}", where).split())
+            text = _fill(tpl, where, a=a)
             if text not in out:
                 out.append(text)
     return out
