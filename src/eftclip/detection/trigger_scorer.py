@@ -87,3 +87,30 @@ class ClipKScorer:
         feats = F.normalize(self.model.encode_image(self._prepare(x)).float(), dim=-1)
         logp = (self.scale * feats @ self.classifier.T).log_softmax(dim=-1)
         return logp[:, self.k_index].logsumexp(dim=-1)
+
+
+def pull_to_k(scorer: KScorer, clean: np.ndarray, mask: np.ndarray, pattern: np.ndarray,
+              batch_size: int = 256) -> dict:
+    """How strongly a mask and pattern pull clean images to K under ``scorer``: the recovered ASR.
+
+    ``clean`` NHWC uint8; ``mask`` HW float in [0, 1]; ``pattern`` HWC uint8.
+    An image counts as pulled when P(K) >= 0.5 (then K is its top label);
+    images already at P(K) >= 0.5 before stamping are left out, as ASR leaves
+    out images of the target class.  Returns ``recovered_asr`` (None when no
+    image is left), ``clean_k_rate`` (share already at K), ``n`` (images counted)
+    and ``mean_p_k`` before and after.
+    """
+    from eftclip.attacks.recovered import stamp_mask_pattern
+
+    stamped = np.stack([stamp_mask_pattern(im, mask, pattern) for im in clean])
+    before = probabilities(scorer, to_tensor(clean), batch_size)
+    after = probabilities(scorer, to_tensor(stamped), batch_size)
+    keep = before < 0.5
+    n = int(keep.sum())
+    return {
+        "recovered_asr": round(float((after[keep] >= 0.5).float().mean()), 4) if n else None,
+        "clean_k_rate": round(float((~keep).float().mean()), 4),
+        "n": n,
+        "mean_p_k_clean": round(float(before.mean()), 4),
+        "mean_p_k_stamped": round(float(after.mean()), 4),
+    }
