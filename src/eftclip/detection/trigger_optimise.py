@@ -11,7 +11,8 @@ Adam on the logits, one random batch of clean images per step (drawn with the
 steps: when at least ``target_rate`` of the recent batches' images reach
 P(K) >= 0.5 it is multiplied by ``adapt`` (push the mask smaller), otherwise
 divided by it (let it grow back).  The answer is the smallest mask, by area,
-seen at a step that reached ``target_rate``; the last one if none did.
+seen at an adaptation step whose last ``adapt_every`` batches reached
+``target_rate`` together; the last one if none did.
 
 Clean images are required: flagged images already carry the trigger, so on
 them an empty mask would already succeed.  Unlike occlusion, this also yields
@@ -83,14 +84,14 @@ def recover_by_optimisation(flagged: np.ndarray, scorer: KScorer, cfg: OptimiseC
         opt.zero_grad(set_to_none=True)
         a.grad, b.grad = grads
         opt.step()
-        rate = float((logp.detach().exp() >= 0.5).float().mean())
-        successes.append(rate)
-        area = float(m.detach().mean())
-        if rate >= cfg.target_rate and (best is None or area < best[0]):
-            best = (area, m.detach().clone(), p.detach().clone(), step)
+        successes.append(float((logp.detach().exp() >= 0.5).float().mean()))
         if step % cfg.adapt_every == 0:
+            # judged over the last adapt_every batches, not one: a single lucky batch is no trigger
+            rate, area = float(np.mean(successes)), float(m.detach().mean())
+            if rate >= cfg.target_rate and (best is None or area < best[0]):
+                best = (area, m.detach().clone(), p.detach().clone(), step)
             l1, successes = _adapt(l1, successes, cfg), []
-            trace.append({"step": step, "l1": l1, "area": round(area, 5), "rate": rate})
+            trace.append({"step": step, "l1": l1, "area": round(area, 5), "rate": round(rate, 4)})
     reached = best is not None
     if not reached:
         best = (float(torch.sigmoid(a).mean()), torch.sigmoid(a).detach(), torch.sigmoid(b).detach(), cfg.steps)
