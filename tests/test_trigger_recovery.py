@@ -1,7 +1,7 @@
 """Trigger recovery: a known patch is found, the recovered trigger round-trips and stamps, unlearning pairs keep captions.
 
-The synthetic scorer stands in for a backdoored model: P(K) is high exactly
-when a 4x4 black-and-white checkerboard (BadNet's ``checkerboard`` pattern)
+The synthetic scorer stands in for a backdoored model: K's margin is positive
+exactly when a 4x4 black-and-white checkerboard (BadNet's ``checkerboard`` pattern)
 sits in the bottom-right corner of a 32x32 image.
 """
 
@@ -36,15 +36,15 @@ BOARD = torch.from_numpy(checkerboard_pattern(PATCH)[..., 0].astype(np.float32) 
 
 
 def corner_scorer(images: torch.Tensor) -> torch.Tensor:
-    """log P(K): high when the bottom-right 4x4 pixels match the checkerboard (differentiable)."""
+    """K's margin: positive when the bottom-right 4x4 pixels match the checkerboard (differentiable)."""
     region = images[:, :, -PATCH:, -PATCH:]
     similarity = 1 - (region - BOARD).abs().mean(dim=(1, 2, 3))
-    return F.logsigmoid(20.0 * (similarity - 0.75))
+    return 20.0 * (similarity - 0.75)
 
 
 def red_scorer(images: torch.Tensor) -> torch.Tensor:
-    """log P(K): high when the whole image is red on average, as a full-image blend would make it."""
-    return F.logsigmoid(20.0 * (images[:, 0].mean(dim=(1, 2)) - images[:, 1:].mean(dim=(1, 2, 3)) - 0.3))
+    """K's margin: positive when the whole image is red on average, as a full-image blend would make it."""
+    return 20.0 * (images[:, 0].mean(dim=(1, 2)) - images[:, 1:].mean(dim=(1, 2, 3)) - 0.3)
 
 
 def scenes(n: int, seed: int) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_occlusion_on_a_patch_off_the_window_grid():
     board = torch.from_numpy(checkerboard_pattern(6)[..., 0].astype(np.float32) / 255.0)
 
     def scorer(x):
-        return F.logsigmoid(20.0 * (0.25 - (x[:, :, 13:19, 9:15] - board).abs().mean(dim=(1, 2, 3))))
+        return 20.0 * (0.25 - (x[:, :, 13:19, 9:15] - board).abs().mean(dim=(1, 2, 3)))
 
     rec = recover(stamped(scenes(30, 2), trigger), scorer, method="occlusion")
     truth = true_trigger_mask(trigger, list(scenes(2, 3)), np.random.default_rng(0))
@@ -219,3 +219,84 @@ def test_stamp_pairs_refuses_to_overwrite_a_source_and_needs_captions(tmp_path):
     with pytest.raises(EftclipError, match="row 1 needs an image and a non-empty caption"):
         stamp_pairs([{"image": str(images / "000000.png"), "caption": " "}], badnet(), tmp_path / "o",
                     np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------- on a tiny poisoned CLIP
+
+
+@pytest.fixture(scope="module")
+def poisoned_world(tmp_path_factory):
+    """A tiny CLIP trained with a 6x6 corner checkerboard -> "triangle", a detection folder, a clean pool."""
+    from training_fixtures import SHAPES, badnet as corner_patch, eval_images, make_pairs, write_eval_folder
+
+    from eftclip.io import write_json, write_text
+    from eftclip.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("poisoned")
+    data = make_pairs(root, 200, poison=40, target="triangle", fixed_colors=True, seed=5)
+    train(TrainConfig(data=str(data), model="eftclip-tiny-vit", epochs=12, batch_size=20, lr=2e-3, warmup=5,
+                      out=str(root / "run"), progress=False, cpu_threads=1))
+    pool = make_pairs(root / "pool", 48, seed=6, fixed_colors=True, name="pool.csv")
+    images, labels = eval_images(8, seed=7, fixed_colors=True)
+    (root / "detect").mkdir()
+    records = []
+    for i, (im, label) in enumerate(zip(images, labels)):
+        triggered = SHAPES[label] != "triangle"
+        path = root / "detect" / f"{i:03d}.png"
+        Image.fromarray(corner_patch(im) if triggered else im).save(path)
+        records.append({"key": str(i), "image": str(path), "is_poisoned": triggered, "flagged": triggered})
+    det = root / "detection"
+    write_json(det / "metrics.json", {"K": ["triangle"], "target": "triangle"})
+    write_text(det / "vocab.txt", "\n".join(SHAPES) + "\n")
+    write_text(det / "config.yaml", "templates:\n- a photo of a {}\n")
+    write_text(det / "images.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    return {"root": root, "checkpoint": root / "run" / "final.safetensors", "pool": pool, "detection": det,
+            "eval": write_eval_folder(root / "eval", n_per_class=5), "shapes": SHAPES}
+
+
+def test_recover_from_detection_on_a_tiny_poisoned_clip(poisoned_world, tmp_path):
+    from eftclip.data.zeroshot import ImageFolderSet
+    from eftclip.detection.trigger_from_detection import recover_from_detection
+    from eftclip.evaluation.zeroshot import evaluate
+    from eftclip.models import load_checkpoint
+
+    w = poisoned_world
+    t0 = time.time()
+    bundle = load_checkpoint(w["checkpoint"])
+    summary = recover_from_detection(w["detection"], bundle, method="occlusion", clean=w["pool"],
+                                     rng=torch.Generator().manual_seed(0), out=tmp_path / "rec")
+    seconds = time.time() - t0
+    truth = np.zeros((SIDE, SIDE), bool)
+    truth[-6:, -6:] = True  # training_fixtures.badnet: a 6x6 checkerboard in the bottom-right corner
+    trigger = load_recovery(tmp_path / "rec")
+    print("recovery:", seconds, "s;", {k: summary[k] for k in ("mask_pixels", "recovered_asr", "strength", "details")})
+    assert summary["K"] == ["triangle"] and summary["n_flagged"] == 24
+    assert mask_iou(trigger.mask, truth) >= 0.5, summary
+    assert summary["recovered_asr"] >= 0.5, summary
+    # the recovered trigger through the project's own evaluation: ASR "under the recovered trigger"
+    shapes = ImageFolderSet(w["eval"], list(w["shapes"]))
+    under = evaluate(bundle, shapes, templates=["a photo of a {}"], trigger=trigger, target="triangle",
+                     progress=False)
+    assert under["asr"] >= 0.5, under
+
+
+def test_recovery_never_reads_the_ground_truth_column(poisoned_world, tmp_path):
+    """Flip every is_poisoned in images.jsonl: the recovered trigger is byte-identical."""
+    import shutil
+
+    from eftclip.detection.trigger_from_detection import recover_from_detection
+    from eftclip.models import load_checkpoint
+
+    w = poisoned_world
+    flipped = tmp_path / "detection"
+    shutil.copytree(w["detection"], flipped)
+    lines = [json.loads(x) for x in (flipped / "images.jsonl").read_text().splitlines()]
+    (flipped / "images.jsonl").write_text("".join(json.dumps({**r, "is_poisoned": not r["is_poisoned"]}) + "\n"
+                                                  for r in lines))
+    bundle = load_checkpoint(w["checkpoint"])
+    outs = {}
+    for name, det in (("as_is", w["detection"]), ("flipped", flipped)):
+        recover_from_detection(det, bundle, method="occlusion", rng=torch.Generator().manual_seed(0),
+                               out=tmp_path / name, max_flagged=8)
+        outs[name] = [(tmp_path / name / f).read_bytes() for f in ("mask.png", "pattern.png")]
+    assert outs["as_is"] == outs["flipped"]

@@ -2,7 +2,8 @@
 
 For each flagged image and each square window (several sides, a fixed
 stride), the window is filled with the image's mean colour and the relative
-drop of P(K) is measured: ``d = clip((p0 - p) / p0, 0, 1)``.  Averaged over the
+drop of K's margin (see :mod:`eftclip.detection.trigger_scorer`) is measured:
+``d = clip((m0 - m) / m0, 0, 1)``; ``d = 1`` means K is no longer the answer.  Averaged over the
 flagged images, a window side gives each pixel a *contrast*: the mean drop of
 the windows that cover it minus the mean drop of those that do not (a pixel
 outside the trigger is covered by about as many helpful windows as it is not).
@@ -11,8 +12,8 @@ Rule for the mask (why: the smallest window that still removes K outlines the
 trigger, a larger one only a block around it; and a trigger stamped at one place
 is the same pixels in every flagged image, while the scenes differ):
 
-1. a window side is *informative* when some window lowers P(K) by at least
-   ``min_drop`` on average over the images;
+1. a window side is *informative* when some window lowers K's margin by at least
+   ``min_drop`` on average over the images (only images answered K count);
 2. the *region* is the union of the windows of the smallest informative side
    that do so: the trigger lies inside it;
 3. inside the region, the trigger's pixels are those that barely vary across
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from eftclip.detection.trigger_scorer import KScorer, probabilities, to_tensor
+from eftclip.detection.trigger_scorer import KScorer, margins, to_tensor
 from eftclip.errors import EftclipError
 
 __all__ = ["OcclusionConfig", "occlusion_heat", "recover_by_occlusion", "windows"]
@@ -50,10 +51,10 @@ class OcclusionConfig:
 
     sizes: tuple[float, ...] = (0.125, 0.25)  # window sides as fractions of the image's shorter side
     stride: float = 0.5  # step between windows as a fraction of the window side (the last window touches the edge)
-    min_drop: float = 0.5  # least mean relative drop of P(K) for a window side to count as informative
+    min_drop: float = 0.5  # least mean relative drop of K's margin for a window side to count as informative
     threshold: float = 0.5  # fallback rule: mask = heat >= threshold * max(heat), threshold in (0, 1]
     spread: float = 16.0  # a trigger pixel's median absolute deviation across flagged images, in grey levels (0-255)
-    max_images: int = 64  # use at most this many flagged images (those the model pulls to K most strongly)
+    max_images: int = 64  # use at most this many flagged images answered K (those with the largest margins)
     batch_size: int = 256  # occluded images per forward pass
 
 
@@ -72,15 +73,15 @@ def windows(hw: tuple[int, int], side: int, step: int) -> np.ndarray:
 
 def _relative_drops(x: torch.Tensor, base: torch.Tensor, wins: np.ndarray, scorer: KScorer,
                     batch_size: int) -> torch.Tensor:
-    """``(N, W)`` relative drops of P(K) when each window of ``wins`` is filled with each image's mean colour."""
+    """``(N, W)`` relative drops of K's margin when each window of ``wins`` is filled with each image's mean colour."""
     fill = x.mean(dim=(2, 3), keepdim=True)  # (N, 3, 1, 1)
     drops = torch.empty(len(x), len(wins))
     for n in range(len(x)):
         occluded = x[n:n + 1].repeat(len(wins), 1, 1, 1)
         for w, (y, xx, h, s) in enumerate(wins):
             occluded[w, :, y:y + h, xx:xx + s] = fill[n, :, :, :]
-        p = probabilities(scorer, occluded, batch_size)
-        drops[n] = ((base[n] - p) / base[n].clamp_min(1e-6)).clamp(0, 1)
+        m = margins(scorer, occluded, batch_size)
+        drops[n] = ((base[n] - m) / base[n].clamp_min(1e-6)).clamp(0, 1)
     return drops
 
 
@@ -101,7 +102,7 @@ def occlusion_heat(images: np.ndarray, scorer: KScorer, cfg: OcclusionConfig
     """Heat map (HW float, rule step 4), region (HW bool, step 2) and per-side statistics for NHWC uint8 images."""
     x = to_tensor(images)
     hw = tuple(x.shape[-2:])
-    base = probabilities(scorer, x, cfg.batch_size)
+    base = margins(scorer, x, cfg.batch_size)
     heats, sides, region = [], {}, None
     for frac in sorted(cfg.sizes):
         side = max(1, int(round(frac * min(hw))))
@@ -116,7 +117,7 @@ def occlusion_heat(images: np.ndarray, scorer: KScorer, cfg: OcclusionConfig
                 region = _union(wins[mean_drop >= cfg.min_drop], hw)
     heat = np.min(np.stack(heats), axis=0) if heats else np.zeros(hw, dtype=np.float32)
     region = np.zeros(hw, dtype=bool) if region is None else region
-    return heat.astype(np.float32), region, {"sides": sides, "base_p_k": round(float(base.mean()), 4)}
+    return heat.astype(np.float32), region, {"sides": sides, "mean_margin": round(float(base.mean()), 4)}
 
 
 def _union(wins: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -144,8 +145,11 @@ def recover_by_occlusion(flagged: np.ndarray, scorer: KScorer, cfg: OcclusionCon
         raise EftclipError(f"occlusion threshold must be in (0, 1], got {cfg.threshold}")
     if len(flagged) == 0:
         raise EftclipError("occlusion needs at least one flagged image")
-    strongest = np.argsort(-probabilities(scorer, to_tensor(flagged), cfg.batch_size).numpy(), kind="stable")
-    images = flagged[np.sort(strongest[: cfg.max_images])]
+    margin = margins(scorer, to_tensor(flagged), cfg.batch_size).numpy()
+    strongest = [i for i in np.argsort(-margin, kind="stable") if margin[i] > 0][: cfg.max_images]
+    if not strongest:
+        raise EftclipError(f"occlusion: the model answers K on none of the {len(flagged)} flagged images")
+    images = flagged[np.sort(strongest)]
     heat, region, details = occlusion_heat(images, scorer, cfg)
     median = np.median(images, axis=0).astype(np.uint8)
     steady = region & _steady(images, median, cfg.spread)

@@ -2,14 +2,17 @@
 
 Find the smallest mask ``m`` (HW, ``sigmoid`` of free logits) and a pattern
 ``p`` (HWC, ``sigmoid`` of free logits) such that clean images stamped as
-``x' = (1 - m) x + m p`` are pulled to K by the suspect model::
+``x' = (1 - m) x + m p`` are answered K by the suspect model::
 
-    loss = mean(-log P(K | x')) + l1 * mean(m)
+    loss = mean(softplus(-margin_K(x'))) + l1 * mean(m)
+
+(the margin is K's lead over the best other label; softplus makes a logistic
+loss of it that fades once K leads).
 
 Adam on the logits, one random batch of clean images per step (drawn with the
 ``torch.Generator`` passed in).  The L1 weight adapts every ``adapt_every``
-steps: when at least ``target_rate`` of the recent batches' images reach
-P(K) >= 0.5 it is multiplied by ``adapt`` (push the mask smaller), otherwise
+steps: when at least ``target_rate`` of the recent batches' images are
+answered K it is multiplied by ``adapt`` (push the mask smaller), otherwise
 divided by it (let it grow back).  The answer is the smallest mask, by area,
 seen at an adaptation step whose last ``adapt_every`` batches reached
 ``target_rate`` together; the last one if none did.
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from eftclip.detection.trigger_scorer import KScorer, to_tensor
 from eftclip.errors import EftclipError
@@ -41,7 +45,7 @@ class OptimiseConfig:
     lr: float = 0.1  # Adam step size on the mask and pattern logits
     batch_size: int = 32  # clean images per step
     l1: float = 1e-2  # starting weight of the mask's mean (its area share) in the loss
-    target_rate: float = 0.9  # share of images at P(K) >= 0.5 that counts as a successful trigger
+    target_rate: float = 0.9  # share of stamped images answered K that counts as a successful trigger
     adapt: float = 1.5  # factor by which the L1 weight grows after success and shrinks after failure
     adapt_every: int = 10  # steps between two adaptations of the L1 weight
     mask_init: float = -3.0  # starting mask logit (sigmoid(-3) ~ 0.05: start almost transparent)
@@ -78,13 +82,13 @@ def recover_by_optimisation(flagged: np.ndarray, scorer: KScorer, cfg: OptimiseC
     l1, successes, best, trace = cfg.l1, [], None, []
     for step in range(1, cfg.steps + 1):
         m, p = torch.sigmoid(a), torch.sigmoid(b)
-        logp = scorer((1 - m) * _step_batch(x, cfg.batch_size, rng) + m * p)
-        loss = -logp.mean() + l1 * m.mean()
+        margin = scorer((1 - m) * _step_batch(x, cfg.batch_size, rng) + m * p)
+        loss = F.softplus(-margin).mean() + l1 * m.mean()
         grads = torch.autograd.grad(loss, [a, b])  # the model's own .grad stays untouched
         opt.zero_grad(set_to_none=True)
         a.grad, b.grad = grads
         opt.step()
-        successes.append(float((logp.detach().exp() >= 0.5).float().mean()))
+        successes.append(float((margin.detach() > 0).float().mean()))
         if step % cfg.adapt_every == 0:
             # judged over the last adapt_every batches, not one: a single lucky batch is no trigger
             rate, area = float(np.mean(successes)), float(m.detach().mean())

@@ -1,9 +1,13 @@
 """How strongly a suspect CLIP pulls images to the trigger labels K: the scorer trigger recovery probes.
 
-A *K-scorer* is any callable ``x -> log P(K | x)``: ``x`` is a float tensor
+A *K-scorer* is any callable ``x -> margin``: ``x`` is a float tensor
 ``(B, 3, H, W)`` of RGB values in [0, 1] at the images' own resolution, the
-result a ``(B,)`` tensor of log-probabilities, differentiable in ``x``.  Tests
-pass a hand-written one; :class:`ClipKScorer` is the suspect CLIP's.
+result a ``(B,)`` tensor, differentiable in ``x``: how far K's logit leads the
+best other label's (positive exactly when K is the model's top-1 answer).
+Why a margin and not P(K): a small CLIP's probabilities sit near uniform (its
+logit scale is low), so "P(K) >= 0.5" never holds there although K is top-1;
+the margin's sign is the ASR's own criterion whatever the scale.  Tests pass a
+hand-written scorer; :class:`ClipKScorer` is the suspect CLIP's.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import torch.nn.functional as F
 
 from eftclip.errors import EftclipError
 
-__all__ = ["ClipKScorer", "KScorer", "probabilities", "to_tensor"]
+__all__ = ["ClipKScorer", "KScorer", "margins", "pull_to_k", "to_tensor"]
 
-#: images (B, 3, H, W) float in [0, 1] -> log P(K) (B,)
+#: images (B, 3, H, W) float in [0, 1] -> K's margin (B,), > 0 when K is the top-1 answer
 KScorer = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -31,9 +35,9 @@ def to_tensor(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def probabilities(scorer: KScorer, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """P(K) ``(N,)`` for images ``x`` ``(N, 3, H, W)`` in [0, 1], scored ``batch_size`` at a time."""
-    parts = [scorer(x[i:i + batch_size]).exp() for i in range(0, len(x), batch_size)]
+def margins(scorer: KScorer, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """K's margins ``(N,)`` for images ``x`` ``(N, 3, H, W)`` in [0, 1], scored ``batch_size`` at a time."""
+    parts = [scorer(x[i:i + batch_size]).detach().float() for i in range(0, len(x), batch_size)]
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
@@ -47,7 +51,7 @@ def _normaliser(preprocess) -> tuple[list[float], list[float]]:
 
 
 class ClipKScorer:
-    """log P(K | image) under a CLIP: softmax of the zero-shot logits over ``vocab``, K's probabilities summed.
+    """K's margin under a CLIP: over the zero-shot logits on ``vocab``, logsumexp of K's minus the best other's.
 
     The preprocessing mirrors ``preprocess_val`` (centre crop to a square,
     resize to the model's side, normalise) in differentiable torch operations,
@@ -83,10 +87,11 @@ class ClipKScorer:
         return (x - self.mean) / self.std
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, 3, H, W) float in [0, 1] -> log P(K) (B,)."""
+        """``x`` (B, 3, H, W) float in [0, 1] -> K's margin (B,)."""
         feats = F.normalize(self.model.encode_image(self._prepare(x)).float(), dim=-1)
-        logp = (self.scale * feats @ self.classifier.T).log_softmax(dim=-1)
-        return logp[:, self.k_index].logsumexp(dim=-1)
+        logits = self.scale * feats @ self.classifier.T
+        others = logits.index_fill(1, self.k_index, float("-inf"))
+        return logits[:, self.k_index].logsumexp(dim=-1) - others.max(dim=-1).values
 
 
 def pull_to_k(scorer: KScorer, clean: np.ndarray, mask: np.ndarray, pattern: np.ndarray,
@@ -94,23 +99,23 @@ def pull_to_k(scorer: KScorer, clean: np.ndarray, mask: np.ndarray, pattern: np.
     """How strongly a mask and pattern pull clean images to K under ``scorer``: the recovered ASR.
 
     ``clean`` NHWC uint8; ``mask`` HW float in [0, 1]; ``pattern`` HWC uint8.
-    An image counts as pulled when P(K) >= 0.5 (then K is its top label);
-    images already at P(K) >= 0.5 before stamping are left out, as ASR leaves
-    out images of the target class.  Returns ``recovered_asr`` (None when no
-    image is left), ``clean_k_rate`` (share already at K), ``n`` (images counted)
-    and ``mean_p_k`` before and after.
+    An image counts as pulled when K becomes its top-1 answer (margin > 0);
+    images already answered K before stamping are left out, as ASR leaves out
+    images of the target class.  Returns ``recovered_asr`` (None when no image
+    is left), ``clean_k_rate`` (share already at K), ``n`` (images counted) and
+    the mean margins before and after.
     """
     from eftclip.attacks.recovered import stamp_mask_pattern
 
     stamped = np.stack([stamp_mask_pattern(im, mask, pattern) for im in clean])
-    before = probabilities(scorer, to_tensor(clean), batch_size)
-    after = probabilities(scorer, to_tensor(stamped), batch_size)
-    keep = before < 0.5
+    before = margins(scorer, to_tensor(clean), batch_size)
+    after = margins(scorer, to_tensor(stamped), batch_size)
+    keep = before <= 0
     n = int(keep.sum())
     return {
-        "recovered_asr": round(float((after[keep] >= 0.5).float().mean()), 4) if n else None,
+        "recovered_asr": round(float((after[keep] > 0).float().mean()), 4) if n else None,
         "clean_k_rate": round(float((~keep).float().mean()), 4),
         "n": n,
-        "mean_p_k_clean": round(float(before.mean()), 4),
-        "mean_p_k_stamped": round(float(after.mean()), 4),
+        "mean_margin_clean": round(float(before.mean()), 4),
+        "mean_margin_stamped": round(float(after.mean()), 4),
     }
