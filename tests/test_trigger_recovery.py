@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from eftclip.attacks import create_trigger  # noqa: E402
 from eftclip.attacks.badnet import checkerboard_pattern  # noqa: E402
-from eftclip.attacks.recovered import RecoveredTrigger, save_recovered_trigger  # noqa: E402
+from eftclip.attacks.recovered import save_recovered_trigger  # noqa: E402
 from eftclip.curation.stamp import stamp_pairs  # noqa: E402
 from eftclip.data.captions import read_captions, write_captions_csv  # noqa: E402
 from eftclip.detection.trigger_optimise import OptimiseConfig  # noqa: E402
@@ -254,6 +253,7 @@ def poisoned_world(tmp_path_factory):
             "eval": write_eval_folder(root / "eval", n_per_class=5), "shapes": SHAPES}
 
 
+@pytest.mark.slow  # about 35 s on 2 cores, most of it training the tiny CLIP
 def test_recover_from_detection_on_a_tiny_poisoned_clip(poisoned_world, tmp_path):
     from eftclip.data.zeroshot import ImageFolderSet
     from eftclip.detection.trigger_from_detection import recover_from_detection
@@ -280,23 +280,53 @@ def test_recover_from_detection_on_a_tiny_poisoned_clip(poisoned_world, tmp_path
     assert under["asr"] >= 0.5, under
 
 
-def test_recovery_never_reads_the_ground_truth_column(poisoned_world, tmp_path):
-    """Flip every is_poisoned in images.jsonl: the recovered trigger is byte-identical."""
+def _flip_and_compare(detection: Path, bundle, tmp_path: Path) -> None:
+    """Flip every is_poisoned in images.jsonl: the recovered trigger must be byte-identical."""
     import shutil
 
     from eftclip.detection.trigger_from_detection import recover_from_detection
-    from eftclip.models import load_checkpoint
 
-    w = poisoned_world
     flipped = tmp_path / "detection"
-    shutil.copytree(w["detection"], flipped)
+    shutil.copytree(detection, flipped)
     lines = [json.loads(x) for x in (flipped / "images.jsonl").read_text().splitlines()]
     (flipped / "images.jsonl").write_text("".join(json.dumps({**r, "is_poisoned": not r["is_poisoned"]}) + "\n"
                                                   for r in lines))
-    bundle = load_checkpoint(w["checkpoint"])
     outs = {}
-    for name, det in (("as_is", w["detection"]), ("flipped", flipped)):
+    for name, det in (("as_is", detection), ("flipped", flipped)):
         recover_from_detection(det, bundle, method="occlusion", rng=torch.Generator().manual_seed(0),
                                out=tmp_path / name, max_flagged=8)
         outs[name] = [(tmp_path / name / f).read_bytes() for f in ("mask.png", "pattern.png")]
     assert outs["as_is"] == outs["flipped"]
+
+
+@pytest.mark.slow  # shares the trained tiny CLIP of the test above
+def test_recovery_on_the_poisoned_clip_never_reads_the_ground_truth_column(poisoned_world, tmp_path):
+    from eftclip.models import load_checkpoint
+
+    _flip_and_compare(poisoned_world["detection"], load_checkpoint(poisoned_world["checkpoint"]), tmp_path)
+
+
+def test_recovery_never_reads_the_ground_truth_column(tmp_path):
+    """Fast variant on an untrained tiny CLIP: K is whatever label it answers most on the patched scenes."""
+    from eftclip.evaluation.zeroshot import image_features, text_classifier
+    from eftclip.io import write_json, write_text
+    from eftclip.models import create_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        bundle = create_model("eftclip-tiny-vit")
+    vocab = ["cup", "boat", "star", "moon"]
+    images = stamped(scenes(12, 14), badnet())
+    with torch.no_grad():
+        top1 = (image_features(bundle, list(images)) @ text_classifier(bundle, vocab, ["a photo of a {}."]).T).argmax(1)
+    K = vocab[int(top1.mode().values)]
+    det = tmp_path / "det"
+    records = []
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(tmp_path / f"{i}.png")
+        records.append({"key": str(i), "image": str(tmp_path / f"{i}.png"), "is_poisoned": i % 2 == 0,
+                        "flagged": True})
+    write_json(det / "metrics.json", {"K": [K]})
+    write_text(det / "vocab.txt", "\n".join(vocab) + "\n")
+    write_text(det / "images.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    _flip_and_compare(det, bundle, tmp_path)
