@@ -20,9 +20,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from eftclip.attacks import create_trigger  # noqa: E402
+from eftclip.attacks import TRIGGERS, create_trigger  # noqa: E402
 from eftclip.attacks.badnet import checkerboard_pattern  # noqa: E402
-from eftclip.attacks.recovered import save_recovered_trigger  # noqa: E402
+from eftclip.attacks.recovered import RecoveredTrigger, save_recovered_trigger  # noqa: E402
 from eftclip.curation.stamp import stamp_pairs  # noqa: E402
 from eftclip.data.captions import read_captions, write_captions_csv  # noqa: E402
 from eftclip.detection.trigger_optimise import OptimiseConfig  # noqa: E402
@@ -140,7 +140,8 @@ def test_recovered_trigger_round_trips_and_stamps_the_pattern_where_the_mask_is(
     assert summary["method"] == "occlusion" and summary["trigger"]["name"] == "recovered"
 
     loaded = load_recovery(tmp_path / "rec")
-    assert loaded == trigger == create_trigger("recovered", **json.loads(json.dumps(trigger.params())))
+    assert loaded == trigger == RecoveredTrigger(**json.loads(json.dumps(trigger.params())))
+    assert "recovered" not in TRIGGERS  # the defender's estimate is no attack to poison with
     assert np.abs(loaded.mask - mask).max() <= 0.5 / 255  # stored as round(255 m)
     image = np.zeros((SIDE, SIDE, 3), np.uint8)
     result = loaded.apply(image, np.random.default_rng(0))
@@ -152,7 +153,7 @@ def test_recovered_trigger_round_trips_and_stamps_the_pattern_where_the_mask_is(
 
 def test_recovered_trigger_rejects_missing_or_mismatched_files(tmp_path):
     with pytest.raises(EftclipError, match="mask_file"):
-        create_trigger("recovered", mask_file=str(tmp_path / "none.png"), pattern_file=str(tmp_path / "none.png"))
+        RecoveredTrigger(mask_file=str(tmp_path / "none.png"), pattern_file=str(tmp_path / "none.png"))
     with pytest.raises(EftclipError, match="same size"):
         save_recovered_trigger(tmp_path, np.zeros((4, 4)), np.zeros((5, 5, 3), np.uint8))
     with pytest.raises(EftclipError, match="no mask.png"):

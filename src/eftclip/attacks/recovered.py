@@ -9,8 +9,10 @@ trigger stamps them as::
 so the recovered trigger can be measured (ASR "under the recovered trigger")
 and stamped on clean pairs exactly like the attacks' own triggers.  It lives as
 two PNG files (``mask.png``: L mode, ``round(255 m)``; ``pattern.png``: RGB) so
-that ``params()`` stays JSON-able and ``create_trigger("recovered", **params)``
-rebuilds it from any folder.
+that ``params()`` stays JSON-able and ``RecoveredTrigger(**params)`` rebuilds it
+from any folder.  It is deliberately not in the attacks' registry
+(:data:`~eftclip.attacks.base.TRIGGERS`): it is the defender's estimate, not an
+attack one can poison a dataset with by name.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from eftclip.attacks.base import Trigger, TriggerResult, check_image, load_pattern_image, register_trigger
+from eftclip.attacks.base import Trigger, TriggerResult, check_image, load_pattern_image
 from eftclip.errors import EftclipError
 
 __all__ = ["RecoveredTrigger", "stamp_mask_pattern", "save_recovered_trigger"]
@@ -50,7 +53,6 @@ def _resize(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).copy()
 
 
-@register_trigger("recovered")
 @dataclass(frozen=True)
 class RecoveredTrigger(Trigger):
     """A mask and a pattern recovered from a suspect model, stamped at a fixed place.
@@ -59,6 +61,8 @@ class RecoveredTrigger(Trigger):
     pattern (the trigger is assumed to scale with the image).
     """
 
+    name: ClassVar[str] = "recovered"
+
     mask_file: str  # PNG (L mode) of the mask, round(255 * m) with m in [0, 1]
     pattern_file: str  # PNG (RGB) of the pattern, same size as the mask
 
@@ -66,12 +70,13 @@ class RecoveredTrigger(Trigger):
         for name in ("mask_file", "pattern_file"):
             path = Path(getattr(self, name)).expanduser()
             if not path.is_file():
-                raise ValueError(f"{name} {str(path)!r} is not an existing file")
+                raise EftclipError(f"recovered trigger: {name} {str(path)!r} is not an existing file")
             # absolute, so that params() in a manifest rebuilds the trigger from anywhere
             object.__setattr__(self, name, str(path.resolve()))
         mask, pattern = self._arrays
         if mask.shape != pattern.shape[:2]:
-            raise ValueError(f"mask {mask.shape} and pattern {pattern.shape[:2]} differ in size")
+            raise EftclipError(f"recovered trigger {self.mask_file}: mask {mask.shape} and pattern "
+                               f"{pattern.shape[:2]} differ in size")
 
     @functools.cached_property
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +86,7 @@ class RecoveredTrigger(Trigger):
             with Image.open(self.mask_file) as im:
                 mask = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
         except OSError as exc:
-            raise ValueError(f"mask_file {self.mask_file}: not a readable image ({exc})") from exc
+            raise EftclipError(f"recovered trigger: mask_file {self.mask_file}: not a readable image ({exc})") from exc
         return mask, load_pattern_image(self.pattern_file, "pattern_file")
 
     @property

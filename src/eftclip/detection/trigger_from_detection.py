@@ -92,8 +92,8 @@ def recover_from_detection(detection_dir: str | Path, checkpoint_or_bundle: Any,
     ``clean``: a clean pool (caption table path; ``max_clean`` rows drawn with
     ``rng``) or NHWC uint8 images; needed by ``optimise`` and for the recovered
     ASR.  Writes ``out/mask.png``, ``out/pattern.png``, ``out/trigger.json``;
-    returns the summary with ``K``, ``out`` and ``trigger`` (the
-    ``create_trigger("recovered", ...)`` parameters).
+    returns the summary with ``K``, ``out`` and ``trigger`` (``name`` and the
+    ``RecoveredTrigger(**params)`` parameters).
     """
     folder = Path(detection_dir)
     K, vocab, templates, refs = _detection_inputs(folder)

@@ -91,7 +91,7 @@ class Recovery:
 
 def _method(name: str) -> RecoveryMethod:
     if name not in RECOVERY_METHODS:
-        raise EftclipError(f"--recovery-method: unknown method {name!r}; known: {', '.join(sorted(RECOVERY_METHODS))}")
+        raise EftclipError(f"trigger recovery: unknown method {name!r}; known: {', '.join(sorted(RECOVERY_METHODS))}")
     return RECOVERY_METHODS[name]
 
 
@@ -145,10 +145,8 @@ def save_recovery(out: str | Path, recovery: Recovery) -> RecoveredTrigger:
 
 def load_recovery(folder: str | Path) -> RecoveredTrigger:
     """The trigger saved by :func:`save_recovery` in ``folder`` (its ``mask.png`` and ``pattern.png``)."""
-    from eftclip.attacks.base import create_trigger
-
     folder = Path(folder)
     for name in ("mask.png", "pattern.png"):
         if not (folder / name).is_file():
             raise EftclipError(f"{folder}: no {name}; is this a trigger recovery folder?")
-    return create_trigger("recovered", mask_file=str(folder / "mask.png"), pattern_file=str(folder / "pattern.png"))
+    return RecoveredTrigger(mask_file=str(folder / "mask.png"), pattern_file=str(folder / "pattern.png"))
