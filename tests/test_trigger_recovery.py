@@ -125,6 +125,8 @@ def test_unknown_method_and_optimise_without_clean_images_are_named_errors():
         recover(flagged, corner_scorer, method="nc")
     with pytest.raises(EftclipError, match="needs clean images"):
         recover(flagged, corner_scorer, method="optimise", rng=torch.Generator())
+    with pytest.raises(EftclipError, match="clean images are"):
+        recover(flagged, corner_scorer, method="occlusion", clean=np.zeros((2, 16, 16, 3), np.uint8))
     with pytest.raises(EftclipError, match="unknown key 'size'"):
         recover(flagged, corner_scorer, method="occlusion", config={"size": 3})
 
@@ -270,7 +272,6 @@ def test_recover_from_detection_on_a_tiny_poisoned_clip(poisoned_world, tmp_path
     truth = np.zeros((SIDE, SIDE), bool)
     truth[-6:, -6:] = True  # training_fixtures.badnet: a 6x6 checkerboard in the bottom-right corner
     trigger = load_recovery(tmp_path / "rec")
-    print("recovery:", seconds, "s;", {k: summary[k] for k in ("mask_pixels", "recovered_asr", "strength", "details")})
     assert summary["K"] == ["triangle"] and summary["n_flagged"] == 24
     assert mask_iou(trigger.mask, truth) >= 0.5, summary
     assert summary["recovered_asr"] >= 0.5, summary
@@ -278,6 +279,9 @@ def test_recover_from_detection_on_a_tiny_poisoned_clip(poisoned_world, tmp_path
     shapes = ImageFolderSet(w["eval"], list(w["shapes"]))
     under = evaluate(bundle, shapes, templates=["a photo of a {}"], trigger=trigger, target="triangle",
                      progress=False)
+    print(f"recovery {seconds:.1f} s, IoU {mask_iou(trigger.mask, truth):.3f}, mask pixels {summary['mask_pixels']},"
+          f" recovered ASR (pool) {summary['recovered_asr']}, ASR under the recovered trigger {under['asr']:.3f},"
+          f" CA {under['ca_top1']:.3f}")
     assert under["asr"] >= 0.5, under
 
 

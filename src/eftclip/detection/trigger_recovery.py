@@ -117,6 +117,9 @@ def recover(flagged: np.ndarray, scorer: KScorer, *, method: str = DEFAULT_METHO
     """
     spec = _method(method)
     cfg = _config(spec, config)
+    if clean is not None and len(clean) and clean.shape[1:3] != flagged.shape[1:3]:
+        raise EftclipError(f"trigger recovery: clean images are {clean.shape[1:3]} px and flagged ones "
+                           f"{flagged.shape[1:3]} px; load them at one size (trigger_from_detection.load_images)")
     mask, pattern, details = spec.run(flagged, scorer, cfg, clean=clean, rng=rng)
     strength = pull_to_k(scorer, clean, mask, pattern) if clean is not None and len(clean) else None
     summary = {
