@@ -110,6 +110,12 @@ def test_auto_falls_back_to_optimise_for_a_full_image_trigger():
     assert rec.summary["recovered_asr"] >= 0.8  # the smallest mask that works sits near the edge of working
 
 
+def test_occlusion_reports_no_patch_when_no_flagged_image_is_answered_k():
+    rec = recover(scenes(6, 15), corner_scorer, method="occlusion")  # no checkerboard anywhere
+    assert rec.summary["mask_pixels"] == 0 and not rec.summary["details"]["found_patch"]
+    assert "none of the 6 flagged images" in rec.summary["details"]["why"]
+
+
 def test_auto_keeps_occlusion_for_a_patch(true_mask):
     clean = scenes(32, 6)
     rec = recover(stamped(scenes(30, 7), badnet()), corner_scorer, method="auto", clean=clean,

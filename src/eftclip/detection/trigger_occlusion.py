@@ -138,6 +138,9 @@ def recover_by_occlusion(flagged: np.ndarray, scorer: KScorer, cfg: OcclusionCon
                          ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Mask (HW float in {0, 1}), pattern (HWC uint8) and details from flagged images (NHWC uint8).
 
+    An empty mask (``details["found_patch"]`` False) when no window side is
+    informative or the model answers K on none of the flagged images.
+
     ``clean`` and ``rng`` are accepted for the method protocol and not needed:
     occlusion reads only the flagged images and the scorer.
     """
@@ -147,8 +150,10 @@ def recover_by_occlusion(flagged: np.ndarray, scorer: KScorer, cfg: OcclusionCon
         raise EftclipError("occlusion needs at least one flagged image")
     margin = margins(scorer, to_tensor(flagged), cfg.batch_size).numpy()
     strongest = [i for i in np.argsort(-margin, kind="stable") if margin[i] > 0][: cfg.max_images]
-    if not strongest:
-        raise EftclipError(f"occlusion: the model answers K on none of the {len(flagged)} flagged images")
+    if not strongest:  # nothing to occlude: say so, and let a caller try another method
+        return (np.zeros(flagged.shape[1:3], np.float32), np.zeros(flagged.shape[1:], np.uint8),
+                {"images_used": 0, "rule": "none", "found_patch": False,
+                 "why": f"the model answers K on none of the {len(flagged)} flagged images"})
     images = flagged[np.sort(strongest)]
     heat, region, details = occlusion_heat(images, scorer, cfg)
     median = np.median(images, axis=0).astype(np.uint8)
