@@ -296,7 +296,7 @@ def repair_pairs(detection_dir: Path, n: int, rng: np.random.Generator,
     Returns CleanCLIP rows ``{"image", "caption"}``; fewer than ``n`` when fewer qualify.
     """
     from eftclip.io import read_jsonl
-    from eftclip.world.captions import article
+    from eftclip.text import article
 
     records = [r for r in read_jsonl(Path(detection_dir) / "images.jsonl") if r.get("flagged") and r.get("affected")]
     chosen = rng.permutation(len(records))[:n]
