@@ -113,8 +113,14 @@ def test_world_truth_and_profile_scores(world):
     from eftclip.detection.profile_truth import score_detection
     from eftclip.world.truth import detection_truth, scene_objects
 
+    from eftclip.data.captions import read_captions
+
     _defend(world)
     tmp, paths = world["tmp"], world["paths"]
+    # fine-tuning reads the curated set, unlearning pairs (triggered detection images) included
+    table = read_captions(tmp / "ft" / "finetune.csv")
+    assert len(table.records) == 20 and not table.skipped
+    assert any(os.path.dirname(r.image) == str(tmp / "dset" / "images") for r in table.records)
     objects, triggered = detection_truth(tmp / "dset" / "data.csv", [paths["detect_meta"]])
     assert len(objects) == TINY.detect and sum(bool(v) for v in triggered.values()) == 8
     # a triggered row's objects are those of the scene it was made from (poison manifest)
