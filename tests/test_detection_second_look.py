@@ -178,3 +178,37 @@ def test_errors_name_the_missing_file(tmp_path):
     det2, _ = _detection_folder(tmp_path / "b")
     with pytest.raises(EftclipError, match="theta"):
         run_second_look_with(_oracle(), det2, SecondLookConfig(theta=1.5))
+
+
+class PromptCountingOracle(CountingOracle):
+    """Counts the prompts asked per image as well."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.prompts: list[list[str]] = []
+
+    def find_batch(self, images, prompts):
+        self.prompts.extend(list(p) for p in prompts)
+        return super().find_batch(images, prompts)
+
+
+def test_max_prompts_asks_only_the_clean_rankers_top_labels(tmp_path):
+    import eftclip.models as models
+    from eftclip.detection.second_look import ClipRanker
+
+    det, _ = _detection_folder(tmp_path)
+    ranker = ClipRanker(models.create_model("eftclip-tiny-vit"), VOCAB)
+    images = [np.asarray(Image.open(tmp_path / "images" / f"{i:03d}.png").convert("RGB")) for i in range(3)]
+    top2, top5 = ranker(images, 2), ranker(images, 5)
+    assert all(len(a) == 2 and a == b[:2] and sorted(b) == sorted(VOCAB) for a, b in zip(top2, top5))
+
+    oracle = PromptCountingOracle(_oracle())
+    with pytest.raises(EftclipError, match="ranker"):
+        run_second_look_with(oracle, det, SecondLookConfig(max_prompts=2, progress=False))
+    summary = run_second_look_with(oracle, det, SecondLookConfig(max_prompts=2, progress=False), ranker=ranker)
+    rows = [json.loads(x) for x in (det / "second_look.jsonl").read_text().splitlines()]
+    assert oracle.asked == 7 and all(len(p) == 2 for p in oracle.prompts)
+    assert [r["prompts"] for r in rows] == oracle.prompts
+    assert rows[0]["prompts"] == top2[0]
+    assert all(set(r["affected"]) <= set(r["prompts"]) - {"umbrella"} for r in rows)
+    assert summary["max_prompts"] == 2

@@ -25,9 +25,10 @@ Outputs beside them:
   of ``affected_labels.csv``;
 - ``second_look.json``: a summary (counts, theta, K, the profile).
 
-TODO: ``max_prompts`` for vocabularies too large to ask in full (keep the
-labels a clean reference model ranks highest per image); today every label
-is asked, in batches.
+For a vocabulary too large to ask in full, ``max_prompts`` asks each image
+only about the labels a clean ranker puts highest (:class:`ClipRanker`: a
+clean CLIP's zero-shot ranking, never the suspect model's); each row then
+also records the ``prompts`` asked.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class SecondLookConfig:
     theta: float | None = None  # oracle confidence threshold in [0, 1]; None = the detection's own theta
     prompt_batch: int = 64  # vocabulary labels per oracle call (a large vocabulary takes several calls)
     image_batch: int = 16  # flagged images per oracle call
+    max_prompts: int | None = None  # ask each image only its top labels by a clean ranker; None = the whole vocabulary
     progress: bool = True  # a progress bar on stderr
 
 
@@ -106,22 +108,64 @@ def oracle_from_detection(detection_dir: str | os.PathLike, **overrides: Any):
     return create_oracle(facts.oracle, **{**facts.oracle_args, **overrides})
 
 
-def ask_vocabulary(oracle, images: Sequence[np.ndarray], vocab: Sequence[str],
-                   prompt_batch: int) -> list[tuple[dict[str, float], list[str]]]:
-    """Ask ``oracle`` about every label of ``vocab`` in each HWC uint8 image.
+class ClipRanker:
+    """A clean CLIP's zero-shot ranking of the vocabulary, to choose the prompts of a large vocabulary.
 
-    Returns, per image, ``({label: best score}, [labels the oracle cannot
-    represent])``; a label with no find is absent from the mapping.
+    ``bundle`` must be a clean model (a :class:`eftclip.models.ClipBundle`),
+    never the suspect one: the suspect's ranking is what the trigger hijacks.
     """
+
+    def __init__(self, bundle, vocab: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",),
+                 device: str = "cpu", batch_size: int = 64):
+        import torch
+
+        from eftclip.evaluation.zeroshot import text_classifier
+
+        self.bundle, self.vocab, self.device, self.batch_size = bundle, list(vocab), device, batch_size
+        with torch.no_grad():
+            self.classifier = text_classifier(bundle, self.vocab, list(templates), device)  # (C, D)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, vocab: Sequence[str], **kwargs: Any) -> "ClipRanker":
+        """A ranker from a clean CLIP checkpoint (``.safetensors`` with its side file)."""
+        from eftclip.models import load_checkpoint
+
+        return cls(load_checkpoint(checkpoint, device=kwargs.get("device", "cpu")), vocab, **kwargs)
+
+    def __call__(self, images: Sequence[np.ndarray], k: int) -> list[list[str]]:
+        """The top ``k`` vocabulary labels of each HWC uint8 image, best first."""
+        import torch
+
+        from eftclip.evaluation.zeroshot import image_features
+
+        with torch.no_grad():
+            feats = image_features(self.bundle, list(images), self.device, self.batch_size)  # (N, D)
+            top = (feats.to(self.classifier) @ self.classifier.T).topk(min(k, len(self.vocab)), dim=1).indices
+        return [[self.vocab[j] for j in row] for row in top.cpu().tolist()]
+
+
+def ask_vocabulary(oracle, images: Sequence[np.ndarray], prompts: Sequence[Sequence[str]] | Sequence[str],
+                   prompt_batch: int) -> list[tuple[dict[str, float], list[str]]]:
+    """Ask ``oracle`` about labels in each HWC uint8 image, ``prompt_batch`` labels per call.
+
+    ``prompts``: one label list for every image (the vocabulary), or one list
+    per image.  Returns, per image, ``({label: best score}, [labels the oracle
+    cannot represent])``; a label with no find is absent from the mapping.
+    """
+    per_image = [list(p) for p in prompts] if prompts and not isinstance(prompts[0], str) else [list(prompts)] * len(images)
+    if len(per_image) != len(images):
+        raise EftclipError(f"ask_vocabulary: {len(images)} images but {len(per_image)} prompt lists")
     found: list[dict[str, float]] = [{} for _ in images]
     unknown: list[list[str]] = [[] for _ in images]
-    for start in range(0, len(vocab), max(1, int(prompt_batch))):
-        prompts = list(vocab[start : start + prompt_batch])
-        results = oracle.find_batch(list(images), [prompts] * len(images))
-        for best, unk, res in zip(found, unknown, results):
+    step = max(1, int(prompt_batch))
+    for start in range(0, max((len(p) for p in per_image), default=0), step):
+        # images whose list is used up sit this call out
+        todo = [i for i, p in enumerate(per_image) if len(p) > start]
+        results = oracle.find_batch([images[i] for i in todo], [per_image[i][start : start + step] for i in todo])
+        for i, res in zip(todo, results):
             for f in res.found:
-                best[f.label] = max(best.get(f.label, 0.0), round(float(f.score), 6))
-            unk.extend(u for u in res.unknown if u not in unk)
+                found[i][f.label] = max(found[i].get(f.label, 0.0), round(float(f.score), 6))
+            unknown[i].extend(u for u in res.unknown if u not in unknown[i])
     return list(zip(found, unknown))
 
 
@@ -143,7 +187,7 @@ def _load(ref: str) -> np.ndarray:
         raise EftclipError(f"{ref}: cannot load flagged image for the second look: {type(exc).__name__}: {exc}") from exc
 
 
-def _look_at_new(oracle, facts: DetectionFacts, log: Path, theta: float, cfg: SecondLookConfig) -> int:
+def _look_at_new(oracle, facts: DetectionFacts, log: Path, theta: float, cfg: SecondLookConfig, ranker) -> int:
     """Append rows for the flagged images ``log`` does not hold yet; returns how many were looked at."""
     from tqdm import tqdm
 
@@ -155,10 +199,15 @@ def _look_at_new(oracle, facts: DetectionFacts, log: Path, theta: float, cfg: Se
                                                      file=sys.stderr, disable=None if cfg.progress else True) as bar:
         for start in range(0, len(todo), max(1, cfg.image_batch)):
             chunk = todo[start : start + cfg.image_batch]
-            answers = ask_vocabulary(oracle, [_load(ref) for _, ref in chunk], facts.vocab, cfg.prompt_batch)
-            for (key, ref), (found, unknown) in zip(chunk, answers):
-                append_jsonl(fh, {"key": key, "image": ref, "theta": theta, "found": found, "unknown": unknown,
-                                  "affected": affected_of(found, facts.K, theta)})
+            images = [_load(ref) for _, ref in chunk]
+            prompts = ranker(images, cfg.max_prompts) if cfg.max_prompts else [list(facts.vocab)] * len(images)
+            answers = ask_vocabulary(oracle, images, prompts, cfg.prompt_batch)
+            for (key, ref), asked, (found, unknown) in zip(chunk, prompts, answers):
+                row = {"key": key, "image": ref, "theta": theta, "found": found, "unknown": unknown,
+                       "affected": affected_of(found, facts.K, theta)}
+                if cfg.max_prompts:
+                    row["prompts"] = list(asked)
+                append_jsonl(fh, row)
             bar.update(len(chunk))
     return len(todo)
 
@@ -194,10 +243,13 @@ def write_profile_csv(path: str | os.PathLike, per_image: Iterable[Iterable[str]
     return profile
 
 
-def run_second_look_with(oracle, detection_dir: str | os.PathLike, cfg: SecondLookConfig = SecondLookConfig()) -> dict:
+def run_second_look_with(oracle, detection_dir: str | os.PathLike, cfg: SecondLookConfig = SecondLookConfig(),
+                         *, ranker=None) -> dict:
     """Run the second look with an already built ``oracle`` (the :class:`eftclip.oracles.Oracle` protocol).
 
-    Returns the summary (also written to ``second_look.json``).
+    ``ranker`` (needed with ``cfg.max_prompts``): ``(images HWC uint8, k) ->
+    [top-k labels per image]``, e.g. a :class:`ClipRanker` over the detection's
+    vocabulary.  Returns the summary (also written to ``second_look.json``).
     """
     from eftclip.io import write_json
 
@@ -208,8 +260,11 @@ def run_second_look_with(oracle, detection_dir: str | os.PathLike, cfg: SecondLo
         raise EftclipError(f"--theta must lie in [0, 1], got {theta}")
     if cfg.prompt_batch < 1 or cfg.image_batch < 1:
         raise EftclipError(f"prompt_batch and image_batch must be at least 1, got {cfg.prompt_batch}, {cfg.image_batch}")
+    if cfg.max_prompts is not None and (cfg.max_prompts < 1 or ranker is None):
+        raise EftclipError(f"max_prompts {cfg.max_prompts}: needs a positive number and a clean ranker "
+                           "(ClipRanker) to choose each image's labels")
     log = folder / LOG
-    looked = _look_at_new(oracle, facts, log, theta, cfg)
+    looked = _look_at_new(oracle, facts, log, theta, cfg, ranker)
     rows = _redecide(log, facts, theta)
     profile = write_profile_csv(folder / PROFILE_CSV, (r["affected"] for r in rows))
     empty = [r["key"] for r in rows if not r["affected"]]
@@ -219,6 +274,7 @@ def run_second_look_with(oracle, detection_dir: str | os.PathLike, cfg: SecondLo
         "K": list(facts.K),
         "vocab_size": len(facts.vocab),
         "prompt_batch": cfg.prompt_batch,
+        "max_prompts": cfg.max_prompts,
         "oracle": facts.oracle,
         "n_flagged": len(facts.flagged),
         "n_looked_now": looked,
@@ -233,13 +289,20 @@ def run_second_look_with(oracle, detection_dir: str | os.PathLike, cfg: SecondLo
 
 
 def run_second_look(detection_dir: str | os.PathLike, theta: float | None = None, *, oracle=None,
-                    oracle_overrides: Mapping[str, Any] | None = None, **settings: Any) -> dict:
+                    oracle_overrides: Mapping[str, Any] | None = None,
+                    ranker_checkpoint: str | os.PathLike | None = None, **settings: Any) -> dict:
     """One call: rebuild the detection's oracle from its ``config.yaml`` (unless ``oracle`` is given) and look again.
 
     ``settings`` are further :class:`SecondLookConfig` fields (``prompt_batch``,
-    ``image_batch``, ``progress``); ``oracle_overrides`` replace recorded oracle
-    arguments (e.g. ``{"device": "cuda"}``).
+    ``image_batch``, ``max_prompts``, ``progress``); ``oracle_overrides``
+    replace recorded oracle arguments (e.g. ``{"device": "cuda"}``);
+    ``ranker_checkpoint``: a clean CLIP whose ranking picks the labels under
+    ``max_prompts``.
     """
+    cfg = SecondLookConfig(theta=theta, **settings)
     if oracle is None:
         oracle = oracle_from_detection(detection_dir, **dict(oracle_overrides or {}))
-    return run_second_look_with(oracle, detection_dir, SecondLookConfig(theta=theta, **settings))
+    ranker = None
+    if ranker_checkpoint is not None:
+        ranker = ClipRanker.from_checkpoint(ranker_checkpoint, read_detection(detection_dir).vocab)
+    return run_second_look_with(oracle, detection_dir, cfg, ranker=ranker)
