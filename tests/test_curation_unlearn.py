@@ -85,6 +85,9 @@ def test_shortfall_goes_to_the_pool_and_the_paper_profile_stays_available(setup)
     assert m["unlearn"]["asked"] == 10 and m["unlearn"]["taken"] == 6 and m["unlearn"]["shortfall"] == 4
     assert m["pool_pairs"] == 14 and len(_rows(tmp / "ft" / "finetune.csv")) == 20
     assert m["profile"] == "paper" and m["labels"]["dog"]["drawn"] == 14
+    only = curate(det, pool, size=4, unaffected_ratio=0.0, out=tmp / "all", seed=0, unlearn_share=1.0)
+    assert only["unlearn_pairs"] == 4 and only["pool_pairs"] == 0
+    assert all("trig" in r["image"] for r in _rows(tmp / "all" / "finetune.csv"))
     paper = curate(det, pool, size=20, unaffected_ratio=0.0, out=tmp / "p", seed=0, profile="paper")
     assert paper["unlearn_pairs"] == 0 and not any("trig" in r["image"] for r in _rows(tmp / "p" / "finetune.csv"))
 

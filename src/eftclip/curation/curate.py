@@ -44,7 +44,7 @@ def select(
     size: int,
     rng: np.random.Generator,
 ) -> tuple[list[int], list[str | None], dict]:
-    """Choose ``size`` distinct pool items following the label ``weights``.
+    """Choose ``size`` distinct pool items (0 allowed) following the label ``weights``.
 
     ``item_labels[i]`` is the set of labels of pool item ``i``.  Returns the
     chosen indices, the label each was drawn for (``None`` for fill), and a
@@ -54,8 +54,8 @@ def select(
     n = len(item_labels)
     if size > n:
         raise EftclipError(f"--size {size} is larger than the pool ({n} items)")
-    if size < 1:
-        raise EftclipError(f"--size must be at least 1, got {size}")
+    if size < 0:
+        raise EftclipError(f"cannot draw {size} pool items")
     cands: dict[str, list[int]] = {lab: [] for lab in weights}
     for i, labs in enumerate(item_labels):
         for lab in labs:
@@ -121,13 +121,13 @@ def select(
             "target_share": weights[lab] / wsum,
             "quota": initial.get(lab, 0),
             "drawn": drawn[lab],
-            "share": drawn[lab] / size,
+            "share": drawn[lab] / size if size else 0.0,
             "shortfall": shortfall[lab],
             "available": len(cands[lab]),
         }
         for lab in weights
     }
-    report["_fill"] = {"drawn": max(fill, 0), "share": max(fill, 0) / size}
+    report["_fill"] = {"drawn": max(fill, 0), "share": max(fill, 0) / size if size else 0.0}
     return picks, assigned, report
 
 
@@ -252,6 +252,8 @@ def curate(
     from eftclip.data.captions import read_captions
 
     detection_dir, out = Path(detection_dir), Path(out)
+    if size < 1:
+        raise EftclipError(f"--size must be at least 1, got {size}")
     _check_options(label_by, clip_checkpoint, repair_share, unlearn_share)
     profile, affected, K, vocab = _detection_inputs(detection_dir, vocab, profile)
     weights = label_weights(affected, vocab, unaffected_ratio)
