@@ -84,11 +84,13 @@ def read_detection(detection_dir: str | os.PathLike) -> DetectionFacts:
         if not (folder / name).exists():
             raise EftclipError(f"{folder / name}: not found; the second look needs a finished `eftclip detect` folder")
     cfg = load_yaml(folder / "config.yaml")
+    if "theta" not in cfg:
+        raise EftclipError(f"{folder / 'config.yaml'}: records no theta (not a detection config)")
     flagged = tuple((r["key"], r["image"]) for r in read_jsonl(folder / "images.jsonl") if r.get("flagged"))
     return DetectionFacts(
         K=tuple(read_json(folder / "metrics.json").get("K", [])),
         vocab=tuple(load_vocab(folder / "vocab.txt")),
-        theta=float(cfg.get("theta", 0.5)),
+        theta=float(cfg["theta"]),
         flagged=flagged,
         oracle=str(cfg.get("oracle", "")),
         oracle_args=dict(cfg.get("oracle_args") or {}),
