@@ -82,8 +82,8 @@ class Cell:
 class _CellPlan:
     """What a set builder sees of a cell (see eftclip.pipeline.defenses.CellPlan)."""
 
-    def __init__(self, plan: Plan, cell: Cell):
-        self.plan, self.cell = plan, cell
+    def __init__(self, plan: Plan, cell: Cell, source: dict):
+        self.plan, self.cell, self.source = plan, cell, source
         self.prefix, self.seed = cell.prefix, cell.seed
 
     def add(self, node: Node) -> str:
@@ -94,6 +94,9 @@ class _CellPlan:
 
     def detection_id(self) -> str:
         return self.cell.ids["detect"]
+
+    def detect_set_id(self) -> str:
+        return self.cell.ids["detect_set"]
 
 
 def _numbers(recipe: Any) -> dict:
@@ -154,7 +157,7 @@ def _cell_stages(plan: Plan, cfg: ExperimentConfig, src: dict, source: Any, temp
                                     needs={"data": ids["poison"]}, speed=_speed(cfg.pretrain),
                                     label="pre-train the poisoned CLIP"))
     _detection_stages(plan, cfg, src, templates, cell)
-    _defense_stages(plan, cfg, templates, cell)
+    _defense_stages(plan, cfg, src, cell)
     _evaluation_stages(plan, cfg, templates, cell)
 
 
@@ -176,10 +179,10 @@ def _detection_stages(plan: Plan, cfg: ExperimentConfig, src: dict, templates: l
         speed={"batch_size": d.batch_size}, label="detect triggers and affected labels"))
 
 
-def _defense_stages(plan: Plan, cfg: ExperimentConfig, templates: list[str], cell: Cell) -> None:
+def _defense_stages(plan: Plan, cfg: ExperimentConfig, src: dict, cell: Cell) -> None:
     from eftclip.pipeline.defenses import SET_BUILDERS
 
-    view = _CellPlan(plan, cell)
+    view = _CellPlan(plan, cell, src)
     for spec in cfg.defenses:
         size = int(round(spec.scale * cfg.budget))
         set_id = SET_BUILDERS[spec.set](view, spec, size)

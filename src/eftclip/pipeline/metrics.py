@@ -31,6 +31,7 @@ def cell_metrics(cfg: Any, plan: Plan, cell: Any, results: dict) -> dict:
             defenses[name] = {**steps.summary(evals[name]), "finetune_pairs": results[node_id].get("pairs"),
                               "seconds": stage_seconds(plan, node_id)}
     rate = cfg.poison_rate if cell.attack.poison_rate is None else cell.attack.poison_rate
+    look = next((results[nid] for nid in _cell_stage_ids(plan, cell) if plan.nodes[nid].kind == "second_look"), None)
     return {
         "cell": cell.name,
         "attack": {"name": cell.attack.name, "params": results[ids["trigger"]]["params"]},
@@ -40,7 +41,9 @@ def cell_metrics(cfg: Any, plan: Plan, cell: Any, results: dict) -> dict:
         "poisoned_pairs": results[ids["poison"]].get("poisoned"),
         "clean": steps.summary(evals["clean"]),
         "poisoned": steps.summary(evals["poisoned"]),
-        "detection": steps.detection_summary(detection, cell.target),
+        "detection": {**steps.detection_summary(detection, cell.target),
+                      **({"second_look_profile": look["profile"], "profile_vs_truth": look["profile_vs_truth"],
+                          "second_look": look["summary"]} if look else {})},
         "defenses": defenses,
         "stage_seconds": {node_id: stage_seconds(plan, node_id) for node_id in _cell_stage_ids(plan, cell)},
     }

@@ -81,7 +81,7 @@ class DefenseSpec:
     scale: float = 1.0  # pairs = scale x the experiment's budget
     unaffected_ratio: float = 0.25  # R of the curated sets: share for labels detection did not find affected
     unlearn_share: float = 0.0  # share of the set taken from flagged images captioned with what is there
-    profile: str = "paper"  # affected-label profile a curated set follows: paper | second_look
+    profile: str = "second_look"  # profile the "eftclip" set's pool pairs follow: second_look | paper
     objective: str | None = None  # overrides FinetuneRecipe.objective
     lr: float | None = None  # overrides FinetuneRecipe.lr
     epochs: int | None = None  # overrides FinetuneRecipe.epochs
@@ -98,6 +98,9 @@ class RoclipSpec:
 
 
 DEFAULT_DEFENSES: tuple[DefenseSpec, ...] = (
+    # plain contrastive at a gentler lr: the unlearning pairs carry the repair, so CleanCLIP's
+    # in-modal term and augmentations are not needed, and they cost clean accuracy
+    DefenseSpec(name="eftclip", set="eftclip", unlearn_share=0.1, objective="clip", lr=5e-4),
     DefenseSpec(name="eftclip_paper", set="curated"),
     DefenseSpec(name="cleanclip", set="random"),
     DefenseSpec(name="cleanclip_large", set="random", scale=3.0),

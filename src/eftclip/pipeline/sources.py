@@ -37,6 +37,8 @@ class Source(Protocol):
 
     def pool_size(self) -> int: ...
 
+    def truth(self, splits: dict, detect_csv: str) -> tuple[dict, dict]: ...
+
     def check_target(self, target: str) -> None: ...
 
 
@@ -174,6 +176,12 @@ class FolderSource:
 
     def pool_size(self) -> int:
         return self.spec.pool
+
+    def truth(self, splits: dict, detect_csv: str) -> tuple[dict, dict]:
+        """``(objects, triggered)`` per detection image (its class label): for scoring only."""
+        from eftclip.detection.profile_truth import truth_from_label_column
+
+        return truth_from_label_column(detect_csv)
 
     def check_target(self, target: str) -> None:
         from eftclip.data.zeroshot import load_classnames

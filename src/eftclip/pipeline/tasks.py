@@ -100,6 +100,30 @@ def detect(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
 
 
 @task
+def second_look(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
+    """Ask the oracle about the whole vocabulary on each flagged image (a copy of the detection's
+    outputs, so the detection stage's folder is never changed); then score both affected-label
+    rules against the source's ground truth, which the defense never reads."""
+    import shutil
+
+    from eftclip.detection.profile_truth import score_detection
+    from eftclip.detection.second_look import run_second_look
+
+    detection = Path(inputs["detection"]["dir"])
+    looked = folder / "detection"
+    looked.mkdir(parents=True, exist_ok=True)
+    for path in detection.iterdir():
+        if path.is_file() and not (looked / path.name).exists():
+            shutil.copy2(path, looked / path.name)
+    # the oracle is rebuilt from the detection's recorded arguments (its device included)
+    summary = run_second_look(looked, params.get("theta"), progress=env.get("progress", True))
+    objects, triggered = _source(params).truth(inputs["data"], inputs["images"]["csv"])
+    scores = score_detection(looked, objects, triggered)  # scoring only: written beside, never read back
+    return {"dir": str(looked), "summary": {k: v for k, v in summary.items() if k != "profile"},
+            "profile": steps.read_profile(looked / "affected_labels_second_look.csv"), "profile_vs_truth": scores}
+
+
+@task
 def curate(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
     """The compact fine-tuning set from the clean pool, following the detection's profile."""
     ctx = _context(folder, params, env, inputs["data"])

@@ -98,6 +98,12 @@ class WorldSource:
     def surrogate_images(self, splits: dict) -> str:
         return splits["surrogate"]
 
+    def truth(self, splits: dict, detect_csv: str) -> tuple[dict, dict]:
+        """``(objects, triggered)`` per detection image: for scoring only, never read by the defense."""
+        from eftclip.world.truth import detection_truth
+
+        return detection_truth(detect_csv, [splits["detect_meta"]])
+
     def pool_size(self) -> int:
         from eftclip.world import SIZES
 
