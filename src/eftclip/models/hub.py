@@ -67,15 +67,19 @@ def is_hub_name(name: str | None) -> bool:
     return bool(name) and str(name).startswith(HF_HUB_PREFIX)
 
 
-def unavailable(what: str, repo_id: str, files: Sequence[str], reason: str) -> EftclipError:
-    """The one error for weights that are neither cached nor downloadable."""
+def unavailable(
+    what: str, repo_id: str, files: Sequence[str], reason: str, *, local: str = "a file (--pretrained FILE)"
+) -> EftclipError:
+    """The one error for weights that are neither cached nor downloadable.
+
+    ``local``: how the user passes the files instead, once copied here.
+    """
     where = "HF_HUB_OFFLINE is set" if hub_offline() else f"the hub could not be reached or refused ({reason})"
     return EftclipError(
-        f"{what}: {' / '.join(files)} of hub repo {repo_id!r} is not in the local cache "
+        f"{what}: hub repo {repo_id!r} ({' / '.join(files)}) is not in the local cache "
         f"{hub_cache_dir()} and {where}. To get it: on a machine with network, run "
-        f"`huggingface-cli download {repo_id}` and copy the cache (then set HF_HOME to the folder "
-        f"that holds its hub/ cache), or download the weights file and pass it as a file "
-        f"(--pretrained FILE / a local folder)"
+        f"`huggingface-cli download {repo_id}`, then copy that cache here and set HF_HOME to the "
+        f"folder holding its hub/ folder, or pass the downloaded files as {local}"
     )
 
 
