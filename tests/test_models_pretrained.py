@@ -1,17 +1,12 @@
 """CLIPs by open_clip name: hf-hub repos and tags from the hub cache, offline; the one error otherwise."""
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from eftclip.errors import EftclipError
-from eftclip.models import create_model, load_clip, model_config, resolve_clip_weights, save_checkpoint
+from eftclip.models import create_model, load_clip, resolve_clip_weights, save_checkpoint
 from eftclip.models.hub import resolve_pretrained
-from hub_cache import put_in_hub_cache
-
-REPO = "tiny-org/tiny-clip"
+from hub_cache import REPO, put_in_hub_cache, tiny_hub_repo
 
 
 @pytest.fixture()
@@ -23,25 +18,6 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
-
-
-def tiny_hub_repo(tmp_path, hf_home, repo_id=REPO, weights="open_clip_model.safetensors"):
-    """A tiny open_clip model saved as an hf-hub repo (config + weights) in the cache; returns its state dict."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        model = create_model("eftclip-tiny-vit").model
-    state = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
-    src = tmp_path / "repo"
-    src.mkdir()
-    cfg = {"model_cfg": model_config("eftclip-tiny-vit"),
-           "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
-    (src / "open_clip_config.json").write_text(json.dumps(cfg))
-    if weights.endswith(".safetensors"):
-        save_file(state, str(src / weights))
-    else:
-        torch.save(state, src / weights)
-    put_in_hub_cache(src, hf_home, repo_id)
-    return state
 
 
 def assert_same_weights(model, state):
