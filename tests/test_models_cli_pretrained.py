@@ -77,3 +77,22 @@ def test_oracle_model_flag_names_the_backend_argument(data, tmp_path, capsys):
     assert main(args) == 2
     assert "--oracle-model: oracle 'reference' takes no weights" in capsys.readouterr().err
     assert not (tmp_path / "det").exists()
+
+
+def test_detect_and_finetune_a_hub_model_by_name_offline(offline, data, tmp_path):
+    from eftclip.models import resolve_clip_weights
+
+    tiny_hub_repo(tmp_path, offline)
+    weights, arch = resolve_clip_weights(model=f"hf-hub:{REPO}")  # the cached file, for the oracle's labeller
+    det = tmp_path / "det"
+    args = verb_args("detect", data, det) + [
+        "--model", f"hf-hub:{REPO}", "--oracle-arg", "regions=foreground",
+        "--oracle-arg", f"labeller_checkpoint={weights}", "--oracle-arg", f"labeller_model={arch}",
+        "--tau", "2", "--min-count", "1", "--batch-size", "4",
+    ]
+    assert main(args) == 0
+    assert json.loads((det / "metrics.json").read_text())["n_images"] == 4
+    ft = tmp_path / "ft"
+    assert main(verb_args("finetune", data, ft) + ["--model", f"hf-hub:{REPO}", "--batch-size", "4"]) == 0
+    # the fine-tuned checkpoint records the hub architecture, so it reloads by its side file
+    assert json.loads((ft / "final.json").read_text())["model_name"] == f"hf-hub:{REPO}"
