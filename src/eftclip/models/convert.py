@@ -137,7 +137,7 @@ def read_torchscript_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]
         with zf.open(pkl[0]) as fh:
             try:
                 tree = _WeightsUnpickler(fh, read_record, path).load()
-            except (pickle.UnpicklingError, EOFError, TypeError, ValueError) as exc:
+            except (pickle.UnpicklingError, EOFError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
                 raise EftclipError(f"{path}: cannot read data.pkl ({type(exc).__name__}: {exc})") from None
     tensors: dict[str, torch.Tensor] = {}
     _collect(tree, "", tensors)
@@ -180,6 +180,7 @@ def convert_torchscript(
     state = adapt_state_dict(model, state)
     check_fits(model, state, source=path, model_name=model_name)
     model.load_state_dict(state, strict=True)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
     meta = {"converted_from": path.name, "converted_from_sha256": digest, "converter": "torchscript-weights-only"}
     return save_checkpoint(model, out, model_name=model_name, meta=meta)

@@ -18,6 +18,7 @@ names the weights and says how to get them; nothing is written.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,7 @@ def _repo_and_files(hf_hub: str) -> tuple[str, tuple[str, ...]]:
     return repo, (name,)
 
 
-def _tag_arch(model: str, tag_cfg: dict) -> str:
+def _tag_arch(model: str, tag: str, tag_cfg: dict) -> str:
     """The architecture to build for a tag: its QuickGELU variant when the tag was trained with it."""
     import open_clip
 
@@ -125,7 +126,7 @@ def _tag_arch(model: str, tag_cfg: dict) -> str:
         return model
     variant = f"{model}-quickgelu"
     if variant not in open_clip.list_models():
-        raise EftclipError(f"--pretrained {tag_cfg.get('_tag')}: trained with QuickGELU, and {model!r} has no "
+        raise EftclipError(f"--pretrained {tag}: trained with QuickGELU, and {model!r} has no "
                            f"'-quickgelu' variant to build")
     return variant
 
@@ -164,11 +165,20 @@ def resolve_pretrained(model: str | None, pretrained: str) -> PretrainedWeights:
     repo, files = _repo_and_files(cfg["hf_hub"])
     weights = hub_file(repo, files, what=f"--model {model} --pretrained {pretrained}")
     preprocess = {dst: cfg[src] for src, dst in _PREPROCESS_KEYS.items() if cfg.get(src) is not None}
-    return PretrainedWeights(arch=_tag_arch(model, {**cfg, "_tag": pretrained}), weights=weights,
+    return PretrainedWeights(arch=_tag_arch(model, pretrained, cfg), weights=weights,
                              source=pretrained, preprocess=preprocess)
 
 
 def hub_config_dir(name: str) -> Path:
-    """The cached snapshot folder holding ``open_clip_config.json`` of ``hf-hub:org/name``."""
+    """The cached snapshot folder holding ``open_clip_config.json`` of ``hf-hub:org/name``.
+
+    Remembered per (name, cache, offline) for the process: checkpoint saves ask for
+    the config every epoch, and online each lookup would be a request to the hub.
+    """
+    return _config_dir(name, os.fspath(hub_cache_dir()), hub_offline())
+
+
+@functools.lru_cache(maxsize=32)
+def _config_dir(name: str, _cache: str, _offline: bool) -> Path:
     repo = name[len(HF_HUB_PREFIX):].strip("/")
     return hub_file(repo, (OPEN_CLIP_CONFIG,), what=f"model {name}").parent
