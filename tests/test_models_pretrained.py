@@ -109,3 +109,21 @@ def test_pretrained_file_goes_through_the_safe_loader(tmp_path):
     again = load_clip(model="eftclip-tiny-rn", pretrained=str(path))
     assert again.checkpoint == str(path) and again.pretrained is None
     assert_same_weights(again.model, bundle.model.state_dict())
+
+
+def test_a_cached_tag_loads_end_to_end(tmp_path, offline, monkeypatch):
+    # open_clip has no tag for a tiny model; add one to its registry the way its own entries read
+    # (hub repo with a trailing slash = the default weights file), then load by tag, offline
+    import open_clip
+
+    state = tiny_hub_repo(tmp_path, offline)
+    real = open_clip.get_pretrained_cfg
+    tag_cfg = {"hf_hub": f"{REPO}/", "mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2), "quick_gelu": False}
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg",
+                        lambda model, tag: tag_cfg if (model, tag) == ("eftclip-tiny-vit", "tiny") else real(model, tag))
+    bundle = load_clip(model="eftclip-tiny-vit", pretrained="tiny")
+    assert bundle.name == "eftclip-tiny-vit" and bundle.pretrained == "tiny"
+    assert_same_weights(bundle.model, state)
+    norm = [t for t in bundle.preprocess_val.transforms if type(t).__name__ == "Normalize"][0]
+    assert list(norm.std) == [0.2, 0.2, 0.2]  # the tag's preprocessing, as open_clip applies it
+    assert resolve_clip_weights(model="eftclip-tiny-vit", pretrained="tiny") == (bundle.checkpoint, "eftclip-tiny-vit")

@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from eftclip.models.convert import convert_torchscript
 
     out = Path(args.out)
+    if out.suffix == "":  # save_checkpoint adds it; check the file that would really be replaced
+        out = out.with_suffix(".safetensors")
     if out.exists() and not args.force:
         raise EftclipError(f"--out {out}: already exists; pass --force to overwrite it")
     path = convert_torchscript(args.torchscript, out, model_name=args.model)
