@@ -68,7 +68,7 @@ def test_uncached_tag_is_one_clear_error(offline):
     msg = str(err.value)
     assert "laion2b_s34b_b79k" in msg and "ViT-B-32" in msg
     assert "not in the local cache" in msg and "HF_HUB_OFFLINE" in msg
-    assert "huggingface-cli download laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in msg and "HF_HOME" in msg and "--pretrained FILE" in msg
+    assert "hf download laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in msg and "HF_HOME" in msg and "--pretrained FILE" in msg
     # nothing was written to the cache either
     assert list(offline.rglob("*")) == []
 

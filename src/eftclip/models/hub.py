@@ -79,7 +79,7 @@ def unavailable(
     return EftclipError(
         f"{what}: hub repo {repo_id!r} ({' / '.join(files)}) is not in the local cache "
         f"{hub_cache_dir()} and {where}. To get it: on a machine with network, run "
-        f"`huggingface-cli download {repo_id}`, then copy that cache here and set HF_HOME to the "
+        f"`hf download {repo_id}`, then copy that cache here and set HF_HOME to the "
         f"folder holding its hub/ folder, or pass the downloaded files as {local}"
     )
 
