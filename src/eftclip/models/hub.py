@@ -69,18 +69,18 @@ def is_hub_name(name: str | None) -> bool:
 
 
 def unavailable(
-    what: str, repo_id: str, files: Sequence[str], reason: str, *, local: str = "a file (--pretrained FILE)"
+    what: str, repo_id: str, files: Sequence[str], reason: str, *, local: str = "the weights file itself (--pretrained FILE)"
 ) -> EftclipError:
     """The one error for weights that are neither cached nor downloadable.
 
-    ``local``: how the user passes the files instead, once copied here.
+    ``local``: how the user passes the downloaded files instead.
     """
     where = "HF_HUB_OFFLINE is set" if hub_offline() else f"the hub could not be reached or refused ({reason})"
     return EftclipError(
         f"{what}: hub repo {repo_id!r} ({' / '.join(files)}) is not in the local cache "
         f"{hub_cache_dir()} and {where}. To get it: on a machine with network, run "
         f"`hf download {repo_id}`, then copy that cache here and set HF_HOME to the "
-        f"folder holding its hub/ folder, or pass the downloaded files as {local}"
+        f"folder holding its hub/ folder, or pass {local}"
     )
 
 
