@@ -66,6 +66,6 @@ def load_pretrained(cls, source: Path | str, what: str, **kwargs):
     except OSError as exc:  # transformers' "not cached / cannot connect / no such repo"
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise unavailable(what, source, ["config and weights"], reason,
-                          local="a save_pretrained folder (--oracle-model DIR)") from None
+                          local="a local save_pretrained folder instead of the hub id") from None
     except (ValueError, KeyError) as exc:
         raise EftclipError(f"hub id {source}: cannot load the {what} ({exc})") from exc
