@@ -30,6 +30,7 @@ VERBS = [
     "sweep",
     "demo",
     "study",
+    "convert",
 ]
 
 
