@@ -27,17 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from eftclip.detection.runner import (
-    ClipScorer,
-    DecideParams,
-    ImageItem,
-    check_params,
-    decide,
-    iter_records,
-    list_images,
-    resolve_vocab,
-    run_pass1,
-)
+from eftclip.detection.config import DecideParams, check_params
+from eftclip.detection.decide import decide
+from eftclip.detection.records import iter_records, run_pass1
+from eftclip.detection.scoring import ClipScorer
+from eftclip.detection.sources import ImageItem, list_images, resolve_vocab
 from eftclip.errors import EftclipError
 
 
