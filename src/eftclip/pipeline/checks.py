@@ -83,7 +83,7 @@ def _check_ranges(cfg: Any) -> None:
     _positive("detect.tau", d.tau)
     if not 0 < d.triggered_share < 1:
         raise EftclipError(f"detect.triggered_share must be in (0, 1), got {d.triggered_share}")
-    if not 0 <= d.theta <= 1:
+    if d.theta is not None and not 0 <= d.theta <= 1:
         raise EftclipError(f"detect.theta must be in [0, 1], got {d.theta}")
     if not 0 < cfg.poison_rate < 1:
         raise EftclipError(f"poison_rate must be in (0, 1), got {cfg.poison_rate}")
@@ -115,7 +115,7 @@ def _check_attacks(cfg: Any, source: Any) -> None:
 
 def _check_defenses(cfg: Any, pool: int) -> None:
     from eftclip.pipeline.defenses import SET_BUILDERS
-    OBJECTIVES = ("cleanclip", "clip")  # merge-time: the training objective registry
+    from eftclip.training.config import FINETUNE_OBJECTIVES as OBJECTIVES
 
     names = [d.name for d in cfg.defenses]
     if len(set(names)) != len(names):

@@ -156,7 +156,8 @@ def _cell_stages(plan: Plan, cfg: ExperimentConfig, src: dict, source: Any, temp
                                             "csv": "csv"},
                                     needs={"data": ids["poison"]}, speed=_speed(cfg.pretrain),
                                     label="pre-train the poisoned CLIP"))
-    _detection_stages(plan, cfg, src, templates, cell)
+    _detection_stages(plan, cfg, src, templates, cell,
+                      cfg.detect.theta if cfg.detect.theta is not None else source.theta)
     _defense_stages(plan, cfg, src, cell)
     _evaluation_stages(plan, cfg, templates, cell)
 
@@ -165,8 +166,9 @@ def _needs_surrogate(attack: str, params: dict) -> bool:
     return attack == "trojannn" and "pattern_file" not in params
 
 
-def _detection_stages(plan: Plan, cfg: ExperimentConfig, src: dict, templates: list[str], cell: Cell) -> None:
-    ids, p, d = cell.ids, cell.prefix, cfg.detect
+def _detection_stages(plan: Plan, cfg: ExperimentConfig, src: dict, templates: list[str], cell: Cell,
+                      theta: float) -> None:
+    ids, p, d = cell.ids, cell.prefix, dataclasses.replace(cfg.detect, theta=theta)
     ids["detect_set"] = plan.add(Node(
         id=f"{p}/detect_set", kind="detect_set", task="detection_set",
         params={"scenes": d.scenes, "share": d.triggered_share, "seed": cell.seed, "target": cell.target},

@@ -3,8 +3,9 @@ attacks and defenses a matrix holds.  ``eftclip demo`` and ``eftclip study`` bot
 
 The defaults here are the built-in world's (the default demo); a preset YAML
 (``src/eftclip/presets/*.yaml``, ``configs/*.yaml``) states only what differs.
-Detection thresholds default to :class:`eftclip.detection.runner.DetectConfig`'s, so
-each is written once.
+Detection thresholds default to :class:`eftclip.detection.runner.DetectConfig`'s, and the
+oracle confidence threshold to the data source's (it is a property of the source's oracle),
+so each is written once.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class DetectRecipe:
     scenes: int = 600  # images of the detection set (clean + triggered)
     triggered_share: float = 0.5  # share of them carrying the trigger (ground truth kept for scoring only)
     tau: int = DetectConfig.tau  # CLIP's list length
-    theta: float = DetectConfig.theta  # oracle confidence threshold
+    theta: float | None = None  # oracle confidence threshold; null = the data source's, calibrated to its oracle
     mode: str = DetectConfig.mode  # robust | faithful
     min_share: float = DetectConfig.min_share  # robust q: unconfirmed share for a label to enter K
     min_count: int = DetectConfig.min_count  # robust m: least top-1 images for a label to enter K

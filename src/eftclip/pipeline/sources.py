@@ -24,6 +24,7 @@ class Source(Protocol):
     spec: Any
     attack_defaults: dict[str, dict]  # trigger name -> parameters scaled to this source's images
     templates: tuple[str, ...] | str  # default zero-shot prompts (a list, or a load_templates spec)
+    theta: float  # the oracle confidence threshold calibrated to this source's oracle
 
     def prepare(self, folder: Path, seed: int, env: dict) -> dict: ...
 
@@ -128,6 +129,7 @@ class FolderSource:
         "trojannn": {"size": 4, "position": "random", "steps": 100},
     }
     templates = "cifar10"
+    theta = 0.3  # a CLIP labeller's softmax over ten classes rarely passes 0.5 on a 32 px photo
 
     def __init__(self, spec: FolderSpec):
         self.spec = spec

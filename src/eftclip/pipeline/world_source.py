@@ -58,6 +58,7 @@ class WorldSource:
         "trojannn": {"size": 4, "position": "bottom-right"},
     }
     templates = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.")
+    theta = 0.5  # the region classifier's softmax confidence that counts as "found" (12 classes + background)
 
     def __init__(self, spec: WorldSpec):
         self.spec = spec
