@@ -56,12 +56,16 @@ def test_matrix_of_two_attacks_and_two_seeds_end_to_end(tmp_path, capsys):
     cells = {(c["attack"]["name"], c["seed"]) for c in m["cells"]}
     assert cells == {("badnet", 0), ("badnet", 1), ("blended", 0), ("blended", 1)}
     summary = json.loads((tmp_path / "matrix" / "summary.json").read_text())
-    for name in ("eftclip_paper", "cleanclip", "cleanclip_large"):
+    for name in ("eftclip", "eftclip_paper", "cleanclip", "cleanclip_large"):
         for attack in ("badnet", "blended"):
             row = summary["defenses"][name][attack]
             assert set(row) >= {"ca", "asr", "pairs"} and row["ca"]["n"] == 2
             assert set(row["asr"]) >= {"mean", "sd", "ci95", "n"}
-    assert set(summary["paired"]) == {"eftclip_paper-vs-cleanclip", "eftclip_paper-vs-cleanclip_large"}
+    assert set(summary["paired"]) == {f"{a}-vs-{b}" for a in ("eftclip", "eftclip_paper")
+                                      for b in ("cleanclip", "cleanclip_large")}
+    # the second look was scored against the world's truth (which the defense never reads)
+    blocks = m["cells"][0]["detection"]["profile_vs_truth"]
+    assert set(blocks) == {"paper", "second_look"} and "tv_distance" in blocks["second_look"]
     assert summary["poisoned"]["badnet"]["asr"]["n"] == 2 and summary["clean"]["ca"]["n"] == 2
     # the hand computation: the summary is the mean and t-interval of the cells' own numbers
     asr = [c["defenses"]["cleanclip"]["asr"] for c in m["cells"] if c["attack"]["name"] == "badnet"]
