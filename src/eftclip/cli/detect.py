@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from eftclip.cli.checks import check_detect_inputs
 from eftclip.errors import EftclipError
 
 
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from eftclip.detection.runner import run_detection
 
     cfg = build_config(args)
+    check_detect_inputs(cfg, config=args.config)
     m = run_detection(cfg)
     if "rank" in m:
         return 0

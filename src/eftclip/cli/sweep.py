@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from eftclip.cli.checks import check_detect_inputs
 from eftclip.cli.detect import parse_kv
 from eftclip.errors import EftclipError
 
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         min_count=args.min_count, include_clean=not args.no_clean, max_images=args.max_images,
         batch_size=args.batch_size, device=args.device, seed=args.seed,
     )
+    check_detect_inputs(cfg)
     rows = run_sweep(cfg)
     best = max((r["detection_rate"] or 0.0 for r in rows), default=0.0)
     print(f"sweep: {len(rows)} settings, best detection rate {best:.3f} -> {args.out}", file=sys.stderr)

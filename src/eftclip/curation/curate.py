@@ -199,6 +199,8 @@ def curate(
         raise EftclipError(f"--label-by must be one of {LABEL_BY}, not {label_by!r}")
     if label_by == "clip" and clip_checkpoint is None:
         raise EftclipError("--label-by clip needs --clip-checkpoint (a clean CLIP)")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:  # before the pool is scanned
+        raise EftclipError(f"--size must be a whole number of at least 1, got {size!r}")
     if not detection_dir.is_dir():
         raise EftclipError(f"{detection_dir}: detection folder not found")
     affected = read_affected_labels(detection_dir / "affected_labels.csv")
