@@ -32,7 +32,8 @@ def resource_message(exc: BaseException) -> str | None:
     if isinstance(exc, OSError):
         where = f" {exc.filename}" if exc.filename else ""
         if exc.errno == errno.ENOSPC:
-            return f"the disk is full (writing{where}); free some space; {_AGAIN}"
+            why = exc.strerror or "No space left on device"
+            return f"the disk is full ({why}, writing{where}); free some space; {_AGAIN}"
         return f"cannot read or write{where}: {exc.strerror or exc}; {_AGAIN}"
     if not isinstance(exc, (RuntimeError, AssertionError)):
         return None
