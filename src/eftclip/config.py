@@ -121,7 +121,7 @@ def _as_float(value: Any) -> tuple[bool, Any]:
     if not isinstance(value, (int, float)):
         return False, value
     # NaN and infinity are never a sensible setting, and a NaN lr trains a NaN model
-    return math.isfinite(value), float(value) if isinstance(value, float) else value
+    return math.isfinite(value), float(value)
 
 
 def _sequence(value: Any, kind: type, args: tuple) -> tuple[bool, Any]:
