@@ -26,7 +26,8 @@ from eftclip.cli import main
 from eftclip.errors import EftclipError
 from training_fixtures import make_pairs, write_eval_folder
 
-FAST = settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=12, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -146,6 +147,30 @@ def test_json_is_written_strictly(tmp_path):
         append_jsonl(fh, {"loss": float("-inf")})
     assert read_jsonl(tmp_path / "log.jsonl")[0]["loss"] is None
     assert dumps({"a": np.float32(1.5)}) == '{"a": 1.5}'  # the fast path keeps numpy support
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    from eftclip.io import atomic_open, read_jsonl, write_text
+
+    target = tmp_path / "report.json"
+    write_text(target, "old\n")
+    with pytest.raises(RuntimeError), atomic_open(target) as fh:
+        fh.write("half of a new rep")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"a": 1}\n{"a": 2')  # a writer killed mid-line
+    assert read_jsonl(log) == [{"a": 1}]
+
+
+def test_yaml_never_builds_python_objects(tmp_path):
+    from eftclip.config import load_yaml
+
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("epochs: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(EftclipError, match="evil.yaml: not valid YAML"):
+        load_yaml(evil)
+    assert not (tmp_path / "pwned").exists()
 
 
 # --------------------------------------------------------------------------- inputs are sacred
@@ -371,3 +396,28 @@ def test_resource_failures_from_torch_are_named():
     assert "often a full disk" in resource_message(full)
     assert "no CUDA support" in resource_message(AssertionError("Torch not compiled with CUDA enabled"))
     assert resource_message(RuntimeError("shape mismatch")) is None  # a bug keeps its traceback
+
+
+# --------------------------------------------------------------------------- hygiene
+
+
+def test_committed_metrics_hold_no_absolute_path(tmp_path):
+    import os
+
+    from eftclip.io import portable_paths
+
+    assert portable_paths({"root": "/a/b/data", "n": 3, "name": "cifar10", "l": ["/a/x.png"]}, "/a/repo") == \
+        {"root": "../b/data", "n": 3, "name": "cifar10", "l": ["../x.png"]}
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    for path in results.glob("*/metrics.json"):
+        def walk(obj, where):
+            if isinstance(obj, dict):
+                for key, value in obj.items():
+                    walk(value, f"{where}.{key}")
+            elif isinstance(obj, list):
+                for i, value in enumerate(obj):
+                    walk(value, f"{where}[{i}]")
+            elif isinstance(obj, str):
+                assert not os.path.isabs(obj), f"{path}: {where} is an absolute path ({obj})"
+
+        walk(json.loads(path.read_text()), "$")

@@ -189,3 +189,20 @@ def json_default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset)):
         return sorted(obj)
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def portable_paths(obj: Any, base: str | os.PathLike) -> Any:
+    """``obj`` with every absolute path string rewritten relative to ``base`` (POSIX separators).
+
+    Results meant to be committed (``benchmarks/results/``) must not carry the
+    folders of the machine that made them: write paths relative to the
+    repository (or the config file) with this before :func:`write_json`.
+    Strings that are not absolute paths are left alone.
+    """
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, base) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable_paths(v, base) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj) and "\n" not in obj:
+        return Path(os.path.relpath(obj, base)).as_posix()
+    return obj
