@@ -55,15 +55,18 @@ def check_io(inputs: Mapping[str, PathLike | None], outputs: Mapping[str, PathLi
             )
 
 
-def check_count(value: Any, flag: str, *, zero_means_all: bool = False) -> Any:
-    """``value`` if it is a count (an int >= 1, or 0 when ``zero_means_all``); None passes (= the default)."""
+def check_count(value: Any, flag: str, *, zero_means_all: bool = False, optional: bool = True) -> Any:
+    """``value`` if it is a count (an int >= 1, or 0 when ``zero_means_all``); None passes (= the default).
+
+    ``optional``: the flag may be left out to mean "all", which the error then says.
+    """
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise EftclipError(f"{flag} must be a whole number, got {value!r}")
     least = 0 if zero_means_all else 1
     if value < least:
-        meaning = " (0 means all)" if zero_means_all else " (leave it out for all)"
+        meaning = " (0 means all)" if zero_means_all else " (leave it out for all)" if optional else ""
         raise EftclipError(f"{flag} must be at least {least}{meaning}, got {value}")
     return value
 

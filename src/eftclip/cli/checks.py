@@ -28,7 +28,7 @@ def check_detect_inputs(cfg: Any, *, config: str | None = None) -> None:
     value silently meant "all but the last N".
     """
     check_count(cfg.max_images, "--max-images")
-    check_count(cfg.batch_size, "--batch-size")
+    check_count(cfg.batch_size, "--batch-size", optional=False)
     vocab = getattr(cfg, "vocab", None)
     check_io({"--checkpoint": cfg.checkpoint, "--images": cfg.images, "--vocab": vocab, "--config": config},
              {"--out": cfg.out})

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from eftclip.curation import curate
     from eftclip.detection.vocab import load_vocab
 
-    check_count(args.size, "--size")
+    check_count(args.size, "--size", optional=False)
     check_io({"--detection": args.detection, "--pool": args.pool, "--clip-checkpoint": args.clip_checkpoint,
               "--vocab": args.vocab}, {"--out": args.out})
     warn_empty_profile(args.detection)

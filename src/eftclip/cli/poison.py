@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from eftclip.attacks.poison import poison_dataset
 
     params = parse_params(args.attack_param)
-    check_count(args.num, "--num")
+    check_count(args.num, "--num", optional=False)
     check_io({"--data": args.data, "--templates": args.templates, "pattern_file": params.get("pattern_file")},
              {"--out": args.out})
     if args.attack == "trojannn" and "pattern_file" not in params:

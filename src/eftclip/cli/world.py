@@ -65,7 +65,7 @@ def run_oracle(args: argparse.Namespace) -> int:
     from eftclip.world import train_region_classifier, world_paths
 
     paths = world_paths(args.world)
-    check_count(args.epochs, "--epochs")
+    check_count(args.epochs, "--epochs", optional=False)
     check_io({"--world": args.world}, {"--out": args.out})
     out = train_region_classifier(paths["reference"], args.out, seed=args.seed, epochs=args.epochs, seconds=args.seconds)
     meta = read_json(Path(out).with_suffix(".json"))
