@@ -40,7 +40,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def from_mapping(cls: type[T], values: Mapping[str, Any], *, source: str = "config") -> T:
+def from_mapping(cls: type[T], values: Mapping[str, Any], *, source: str = "config", _nested: bool = False) -> T:
     """Build dataclass ``cls`` from ``values``; unknown keys are an error naming them.
 
     Keys may be written with dashes or underscores.  Nested dataclass fields
@@ -56,9 +56,10 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], *, source: str = "conf
         ftype = fields[name].type
         target = _resolve_type(cls, name, ftype)
         if dataclasses.is_dataclass(target) and isinstance(value, Mapping):
-            value = from_mapping(target, value, source=f"{source}.{key}")
+            value = from_mapping(target, value, source=f"{source}.{key}", _nested=True)
         elif target is not None:
-            value = check_value(value, target, f"{source}: key '{key}'")
+            # "run.yaml: epochs" at the top, "study.yaml.pretrain.epochs" inside a nested section
+            value = check_value(value, target, f"{source}.{key}" if _nested else f"{source}: {key}")
         kwargs[name] = value
     missing = [n for n, f in fields.items() if f.init and n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -73,11 +74,12 @@ def check_value(value: Any, hint: Any, where: str) -> Any:
     Catches what YAML lets through before any heavy stage runs: ``epochs: 1.5``,
     ``lr: "fast"``, ``theta: "high"``, ``lr: .inf``.  Conversions: a float field
     takes an int or a numeric string (YAML 1.1 reads ``1e-5`` as a string);
-    a tuple field takes a list.  ``where`` is e.g. ``"run.yaml: key 'lr'"``.
+    a tuple field takes a list.  ``where`` names the file and key, e.g. ``"run.yaml: lr"``;
+    the message reads ``"run.yaml: lr: expected float (a finite number), got 'fast'"``.
     """
     ok, converted = _conforms(value, hint)
     if not ok:
-        raise EftclipError(f"{where} must be {_describe(hint)}, got {value!r}")
+        raise EftclipError(f"{where}: expected {_short(hint)} ({_describe(hint)}), got {value!r}")
     return converted
 
 
@@ -139,6 +141,16 @@ def _sequence(value: Any, kind: type, args: tuple) -> tuple[bool, Any]:
             return False, value
         items.append(converted)
     return True, kind(items)
+
+
+def _short(hint: Any) -> str:
+    # the type as Python spells it: int, float/null, list
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return "/".join(_short(a) for a in args)
+    if hint is type(None):
+        return "null"
+    return getattr(origin or hint, "__name__", str(hint))
 
 
 def _describe(hint: Any) -> str:
