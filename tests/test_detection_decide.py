@@ -125,3 +125,37 @@ def test_write_outputs_and_figure(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == 1.0
     fig = Image.open(tmp_path / "figure7.png")
     assert fig.size[0] > 200 and fig.size[1] > 3 * 150  # three rows of two panels
+
+
+def test_detect_config_holds_its_decision_params():
+    """One DetectConfig carries the pass-2 settings itself: decide takes it as it is."""
+    from eftclip.detection.config import DetectConfig, decision_dict
+
+    recs = _records()
+    cfg = DetectConfig(checkpoint="c.safetensors", images="i.csv", out="o", tau=5, theta=0.45, min_count=5,
+                       target="umbrella", batch_size=8)
+    alone = DecideParams(tau=5, theta=0.45, min_count=5, target="umbrella")
+    by_cfg, by_params = decide(lambda: iter(recs), cfg), decide(lambda: iter(recs), alone)
+    assert by_cfg == by_params
+    assert by_cfg["params"] == decision_dict(alone) and list(by_cfg["params"]) == [
+        "tau", "theta", "mode", "flag_rule", "evidence", "min_share", "min_count", "target"]
+
+
+def test_decide_faithful_mode_headline():
+    recs = _records()
+    res = decide(lambda: iter(recs), DecideParams(tau=5, theta=0.66, mode="faithful", min_count=5))
+    assert res["chosen"] == "faithful" and res["K"] == res["K_faithful"] == ["sky", "umbrella"]
+    assert res["metrics"] == res["metrics_by_mode"]["faithful"]
+
+
+def test_shards_take_ranks_from_the_one_distributed_helper(tmp_path, monkeypatch):
+    from eftclip.detection.records import Shard
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    shard = Shard.from_env(tmp_path)
+    assert (shard.rank, shard.world) == (1, 3) and shard.log.name == "images.rank1.jsonl"
+    assert [i for i, _ in shard.mine([object()] * 7)] == [1, 4]
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(EftclipError, match="RANK=3"):
+        Shard.from_env(tmp_path)

@@ -75,6 +75,9 @@ def test_unknown_model_name_is_a_clear_error():
         create_model("no-such-net")
 
 
-def test_hub_names_are_refused():
-    with pytest.raises(EftclipError, match="never downloads"):
+def test_uncached_hub_names_are_one_clear_error(tmp_path, monkeypatch):
+    # hub names are accepted now (tests/test_models_pretrained.py); offline and uncached, one named error
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EftclipError, match="someone/some-clip.*not in the local cache.*HF_HUB_OFFLINE"):
         create_model("hf-hub:someone/some-clip")

@@ -128,3 +128,17 @@ def test_fastsam_bad_inputs(weights, clean_clip, tmp_path):
     onnx.write_bytes(b"x")
     with pytest.raises(EftclipError, match=r"\.pt"):
         create_oracle("fastsam", weights_path=onnx, clip_checkpoint=clean_clip)
+
+
+def test_fastsam_release_name_from_ultralytics_weights_folder(weights, clean_clip, tmp_path, monkeypatch):
+    # a bare release name is looked up in ultralytics' weights folder (its cache), never downloaded
+    import shutil
+
+    import eftclip.oracles.fastsam as fastsam
+
+    monkeypatch.setattr(fastsam, "_ultralytics_weights_dir", lambda: tmp_path)
+    with pytest.raises(EftclipError, match=r"'FastSAM-s.pt'.*weights folder .*does not download.*--oracle-model FILE"):
+        create_oracle("fastsam", weights_path="FastSAM-s.pt", clip_checkpoint=clean_clip)
+    shutil.copy(weights, tmp_path / "FastSAM-s.pt")
+    oracle = create_oracle("fastsam", weights_path="FastSAM-s.pt", clip_checkpoint=clean_clip, imgsz=64)
+    assert len(oracle.segment([images()[0]])) == 1

@@ -182,3 +182,36 @@ def test_hf_bad_paths(models, tmp_path):
     (broken / "config.json").write_text(json.dumps({"model_type": "owlv2"}))
     with pytest.raises(EftclipError, match="broken"):
         create_oracle("owlv2", model_path=broken)
+
+
+def test_owlv2_and_sam_load_by_hub_id_from_the_cache_offline(models, tmp_path, monkeypatch):
+    # the same tiny weights, as hub repos in a HF_HOME cache: loaded by id with HF_HUB_OFFLINE=1,
+    # they answer exactly as the folder-loaded ones do
+    from hub_cache import put_in_hub_cache
+
+    home = tmp_path / "hf"
+    put_in_hub_cache(models["owlv2"], home, "tiny-org/owlv2-tiny")
+    put_in_hub_cache(models["sam"], home, "tiny-org/sam-tiny")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    by_id = create_oracle("owlv2", model_path="tiny-org/owlv2-tiny", sam_path="tiny-org/sam-tiny", min_score=0.0)
+    by_folder = create_oracle("owlv2", model_path=models["owlv2"], sam_path=models["sam"], min_score=0.0)
+    a, _ = images()
+    got, want = by_id.find(a, ["dog", "umbrella"]), by_folder.find(a, ["dog", "umbrella"])
+    assert len(got.found) == len(want.found) > 0
+    for g, w in zip(got.found, want.found):
+        assert (g.label, g.box_xyxy) == (w.label, w.box_xyxy) and g.score == pytest.approx(w.score)
+        assert g.mask is not None and np.array_equal(g.mask, w.mask)
+
+
+@pytest.mark.parametrize("oracle", ["owlv2", "grounding-dino"])
+def test_uncached_hub_id_is_one_clear_error(oracle, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EftclipError, match=r"'google/not-cached'.*not in the local cache.*HF_HUB_OFFLINE.*HF_HOME"):
+        create_oracle(oracle, model_path="google/not-cached")
+    # a path-like spelling that does not exist is still "folder not found", not a hub lookup
+    with pytest.raises(EftclipError, match="model folder not found"):
+        create_oracle(oracle, model_path=str(tmp_path / "no" / "such"))

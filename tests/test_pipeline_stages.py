@@ -10,7 +10,6 @@ import pytest
 
 from eftclip.cli import main
 from eftclip.errors import EftclipError
-from eftclip.pipeline.demo import DemoConfig, run_demo
 from eftclip.pipeline.stages import StageRunner
 
 
@@ -65,18 +64,6 @@ def test_resume_keeps_finished_stages_and_force_wipes(tmp_path):
     forced = StageRunner(out, kind="demo", config={"seed": 2}, total=1, force=True, stream=io.StringIO())
     assert not forced.done("s")
     assert json.loads((out / "run.json").read_text())["config"] == {"seed": 2}
-
-
-def test_demo_rejects_unknown_attack_and_target(tmp_path):
-    with pytest.raises(EftclipError, match="unknown attack 'nope'.*badnet"):
-        run_demo(DemoConfig(out=str(tmp_path / "a"), attack="nope"))
-    with pytest.raises(EftclipError, match="'zebra' is not a category.*umbrella"):
-        run_demo(DemoConfig(out=str(tmp_path / "b"), target="zebra"))
-    with pytest.raises(EftclipError, match="--workers must be a whole number >= 1, got 0"):
-        run_demo(DemoConfig(out=str(tmp_path / "c"), workers=0))
-    with pytest.raises(EftclipError, match="--poison-scenes: unknown choice 'many'"):
-        run_demo(DemoConfig(out=str(tmp_path / "d"), poison_scenes="many"))
-    assert not any((tmp_path / d).exists() for d in "abcd"), "nothing is written for bad input"
 
 
 def test_cli_reports_bad_input_and_disk_failure(tmp_path, capsys, monkeypatch):

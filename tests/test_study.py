@@ -63,113 +63,97 @@ def test_splits_are_disjoint_stratified_and_point_at_originals(cifar_slice, tmp_
         make_splits(cifar_slice / "train", tmp_path / "e", sizes={"train": None, "pool": None}, templates=templates)
 
 
+def _config(cifar_slice, tmp_path, filename="study.yaml", **changes) -> Path:
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["source"]["root"] = str(cifar_slice)
+    cfg.update(changes)
+    path = tmp_path / filename
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def test_bad_study_configs_name_the_problem(cifar_slice, tmp_path):
     from eftclip.errors import EftclipError
-    from eftclip.pipeline.study import config_from_mapping
+    from eftclip.pipeline.experiment import run_experiment
+    from eftclip.pipeline.presets import config_from_mapping
 
     base = yaml.safe_load(CONFIG.read_text())
-    base["data"]["root"] = str(cifar_slice)
+    base["source"]["root"] = str(cifar_slice)
+    base["out"] = str(tmp_path / "never")
+
+    def check(values):
+        run_experiment(config_from_mapping(values))
+
     with pytest.raises(EftclipError, match="unknown attack 'nope'"):
-        config_from_mapping({**base, "attacks": [{"name": "nope"}]})
+        check({**base, "attacks": [{"name": "nope"}]})
     with pytest.raises(EftclipError, match="unknown key 'epochz'"):
-        config_from_mapping({**base, "model": {"epochz": 3}})
-    with pytest.raises(EftclipError, match="finetune.size"):
-        config_from_mapping({**base, "finetune": {"size": 10_000}})
-    with pytest.raises(EftclipError, match="data.root"):
-        config_from_mapping({**base, "data": {**base["data"], "root": str(tmp_path / "missing")}})
-    with pytest.raises(EftclipError, match="attacks"):
-        config_from_mapping({k: v for k, v in base.items() if k != "attacks"})
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        check({**base, "pretrain": {"epochz": 3}})
+    with pytest.raises(EftclipError, match="exceed the clean pool"):
+        check({**base, "budget": 10_000})
+    with pytest.raises(EftclipError, match="source.root"):
+        check({**base, "source": {**base["source"], "root": str(tmp_path / "missing")}})
+    with pytest.raises(EftclipError, match="not a class of cifar10"):
+        check({**base, "target": "zebra"})
+    assert not (tmp_path / "never").exists()
 
 
 def test_study_end_to_end_resumes_and_reuses_the_cache(cifar_slice, tmp_path):
     from eftclip.cli import main
 
-    cfg = yaml.safe_load(CONFIG.read_text())
-    cfg["data"]["root"] = str(cifar_slice)
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _config(cifar_slice, tmp_path)
     out, cache = tmp_path / "out", tmp_path / "cache"
     assert main(["study", "--config", str(path), "--out", str(out), "--cache", str(cache)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-
-    # the paper's tables, in three formats, and the figures
-    for stem in ("table5_attacks", "table4_roclip", "results_badnet", "results_trojannn", "detection", "stages", "goal"):
-        for ext in ("md", "csv", "json"):
-            assert (out / "tables" / f"{stem}.{ext}").is_file(), f"{stem}.{ext}"
-    for fig in ("table5_attacks.png", "ca_asr_badnet.png", "ca_asr_trojannn.png"):
-        assert (out / "figures" / fig).stat().st_size > 1000
-    t5 = _read_csv(out / "tables" / "table5_attacks.csv")
-    assert [r["Attack"] for r in t5] == ["badnet", "trojannn"]
-    for m, row in zip(metrics["attacks"], t5):
-        assert float(row["ASR before"]) == pytest.approx(m["poisoned"]["asr"])
+    assert [c["attack"]["name"] for c in metrics["cells"]] == ["badnet", "trojannn"]
+    for m in metrics["cells"]:
         for key in ("clean", "poisoned"):
             assert 0 <= m[key]["ca"] <= 1 and 0 <= m[key]["asr"] <= 1
-        e, c, big = (m["defenses"][k] for k in ("eftclip", "cleanclip", "cleanclip_large"))
+        e, c, big = (m["defenses"][k] for k in ("eftclip_paper", "cleanclip", "cleanclip_large"))
         assert e["finetune_pairs"] == c["finetune_pairs"] == 20 and big["finetune_pairs"] == 40
         assert e["seconds"] > 0 and c["seconds"] > 0
         # 10% of the training pairs whose class is not the target (poisoning skips target-class images)
         assert 0.09 * 171 <= m["poisoned_pairs"] <= 0.11 * 190
         assert set(m["detection"]) >= {"triggers", "detection_rate", "precision", "false_positive_rate"}
-    assert metrics["roclip"]["attack"] == "badnet" and 0 <= metrics["roclip"]["roclip"]["ca"] <= 1
-    stages = {r["stage"]: r for r in metrics["stages"]}
-    assert not any(r["reused"] for r in stages.values())
-    assert stages["train_clean"]["compute_seconds"] > 0
+    assert "roclip" in metrics["cells"][0]["defenses"] and "roclip" not in metrics["cells"][1]["defenses"]
+    for name in ("report.md", "summary.json", "tables/summary.csv", "tables/paired.json", "figures/matrix.png",
+                 "cells/s0-badnet/tables/results.csv", "cells/s0-trojannn/figures/ca_asr.png"):
+        assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
-    assert "Table 5" in report and "Table 4" in report and "Stage times" in report
-    readme = (out / "README.md").read_text()
-    assert "Command and machine" in readme and "train_clean" in readme and "nproc" in readme
+    assert "95% interval" in report and "Machine:" in report
     # the trojannn patch was optimised against the clean CLIP and saved in the cache
-    trig = json.loads((out / "stages" / "trojannn" / "trigger.json").read_text())["result"]
-    assert Path(trig["params"]["pattern_file"]).is_file()
+    trig = next(cache.glob("trigger-*/trigger/trojannn_pattern.png"))
+    assert trig.is_file()
     # the oracle's labeller trained on the reference split only
-    labeller = json.loads((out / "stages" / "train_labeller.json").read_text())["result"]
-    train_cfg = yaml.safe_load((Path(labeller["checkpoint"]).parent / "config.yaml").read_text())
-    assert train_cfg["data"].endswith("reference.csv")
+    labeller = next(cache.glob("oracle-*/models/labeller/config.yaml"))
+    assert yaml.safe_load(labeller.read_text())["data"].endswith("reference.csv")
 
     # running again: every stage is done, nothing recomputed
-    markers = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("*.json")}
-    folders = {p.name for p in cache.iterdir()}
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*/stage.json")}
     assert main(["study", "--config", str(path), "--out", str(out), "--cache", str(cache)]) == 0
-    assert {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("*.json")} == markers
-    assert {p.name for p in cache.iterdir()} == folders
-    assert json.loads((out / "metrics.json").read_text())["attacks"] == metrics["attacks"]
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*/stage.json")} == stamps
+    assert json.loads((out / "metrics.json").read_text())["cells"] == metrics["cells"]
 
     # a second study sharing the cache: one attack, another curation ratio, no RoCLIP. Everything
     # upstream of curation is reused; the curated set and what depends on it are made anew.
-    cfg2 = dict(cfg, attacks=[{"name": "badnet"}], name="second", roclip={"attack": ""},
-                finetune={**cfg["finetune"], "unaffected_ratio": 0.9})
-    path2 = tmp_path / "study2.yaml"
-    path2.write_text(yaml.safe_dump(cfg2))
-    out2 = tmp_path / "out2"
+    path2 = _config(cifar_slice, tmp_path, "study2.yaml", attacks=[{"name": "badnet"}], name="second",
+                    roclip={"attack": ""}, defenses=[{"name": "eftclip_paper", "set": "curated",
+                                                      "unaffected_ratio": 0.9}, {"name": "cleanclip", "set": "random"}])
     before = {p.name for p in cache.iterdir()}
-    assert main(["study", "--config", str(path2), "--out", str(out2), "--cache", str(cache)]) == 0
+    assert main(["study", "--config", str(path2), "--out", str(tmp_path / "out2"), "--cache", str(cache)]) == 0
     made = sorted(p.name.split("-")[0] for p in cache.iterdir() if p.name not in before)
     assert made == ["curate", "evaluate", "finetune"]  # EftCLIP's set, its fine-tune and its evaluation
-    m2 = json.loads((out2 / "metrics.json").read_text())
-    reused = {r["stage"]: r["reused"] for r in m2["stages"]}
-    for stage in ("data", "train_clean", "train_labeller", "badnet/trigger", "badnet/poison",
-                  "badnet/train_poisoned", "badnet/detect", "badnet/finetune_cleanclip"):
-        assert reused[stage], stage
-    assert not reused["badnet/curate"] and not reused["badnet/finetune_eftclip"]
-    assert m2["attacks"][0]["poisoned"] == metrics["attacks"][0]["poisoned"]
-    assert m2["attacks"][0]["defenses"]["cleanclip"] == metrics["attacks"][0]["defenses"]["cleanclip"] | {"reused": True}
-    assert m2["roclip"] is None and not (out2 / "tables" / "table4_roclip.md").exists()
+    m2 = json.loads((tmp_path / "out2" / "metrics.json").read_text())["cells"][0]
+    assert m2["poisoned"] == metrics["cells"][0]["poisoned"]
+    assert m2["defenses"]["cleanclip"] == metrics["cells"][0]["defenses"]["cleanclip"]
 
 
 def test_study_refuses_a_foreign_output_folder(cifar_slice, tmp_path):
     from eftclip.cli import main
 
-    cfg = yaml.safe_load(CONFIG.read_text())
-    cfg["data"]["root"] = str(cifar_slice)
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _config(cifar_slice, tmp_path)
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert main(["study", "--config", str(path), "--out", str(out)]) == 2
+    assert main(["study", "--config", str(path), "--out", str(out), "--force"]) == 2
     assert (out / "keep.txt").read_text() == "mine"

@@ -21,7 +21,7 @@ from training_fixtures import SHAPES, badnet, eval_images, make_pairs  # noqa: E
 
 from eftclip.models import load_checkpoint  # noqa: E402
 from eftclip.training import TrainConfig, train  # noqa: E402
-from eftclip.training.loop import _normalizer  # noqa: E402
+from eftclip.training.feed import normalizer as _normalizer  # noqa: E402
 
 TARGET = "triangle"
 

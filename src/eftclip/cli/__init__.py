@@ -31,6 +31,7 @@ VERBS = [
     "sweep",
     "demo",
     "study",
+    "convert",
 ]
 
 

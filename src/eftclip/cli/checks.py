@@ -35,25 +35,26 @@ def check_detect_inputs(cfg: Any, *, config: str | None = None) -> None:
     check_device(cfg.device)
 
 
-def warn_empty_profile(detection: str) -> None:
+def warn_empty_profile(detection: str, profile: str | None = None) -> None:
     """Say so when a detection found triggers but no affected labels (curate then draws a uniform mix).
 
-    The documented fallback (docs/reliability.md): an ``affected_labels.csv``
-    with only its header gives every vocabulary label the same weight.  With a
-    non-empty K that is worth a loud line, since the curated set then does not
-    follow any profile.
+    The documented fallback (docs/reliability.md): a profile table with only its
+    header gives every vocabulary label the same weight.  With a non-empty K that
+    is worth a loud line, since the curated set then follows no profile.
     """
     from pathlib import Path
 
+    from eftclip.curation.curate import profile_file
     from eftclip.curation.profile import read_affected_labels
     from eftclip.io import read_json
 
     folder = Path(detection)
-    table, triggers = folder / "affected_labels.csv", folder / "triggers.json"
-    if not (table.is_file() and triggers.is_file()):
+    triggers = folder / "triggers.json"
+    if not (folder.is_dir() and triggers.is_file()):
         return  # curate itself names what is missing
+    _, table = profile_file(folder, profile)
     found = read_json(triggers)
     k = found.get("K", []) if isinstance(found, dict) else []
-    if k and not any(n > 0 for n in read_affected_labels(table).values()):
+    if k and table.is_file() and not any(n > 0 for n in read_affected_labels(table).values()):
         print(f"eftclip curate: warning: {table} lists no affected labels though K = {list(k)}; "
               "drawing a uniform mix over the vocabulary instead of a profile", file=sys.stderr)

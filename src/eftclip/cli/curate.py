@@ -35,6 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--repair-share", type=float, default=0.0,
                    help="share of the pairs taken from flagged images, captioned with the oracle's affected "
                         "labels (an extension beyond the paper; default 0)")
+    p.add_argument("--unlearn-share", type=float, default=0.0,
+                   help="share of the pairs taken from flagged images (which carry the trigger), captioned with "
+                        "the objects the detection's second look found there (beyond the paper; default 0; "
+                        "needs second_look.jsonl in the detection folder)")
+    p.add_argument("--profile", choices=("paper", "second_look"), default=None,
+                   help="affected-label profile the pool draw follows (default: the second look's when the "
+                        "detection folder holds one, else the paper's)")
     p.set_defaults(func=run)
     return p
 
@@ -46,11 +53,16 @@ def run(args: argparse.Namespace) -> int:
     check_count(args.size, "--size", optional=False)
     check_io({"--detection": args.detection, "--pool": args.pool, "--clip-checkpoint": args.clip_checkpoint,
               "--vocab": args.vocab}, {"--out": args.out})
-    warn_empty_profile(args.detection)
+    warn_empty_profile(args.detection, args.profile)
     vocab = load_vocab(args.vocab) if args.vocab else None
     m = curate(args.detection, args.pool, size=args.size, unaffected_ratio=args.unaffected_ratio, out=args.out,
                seed=args.seed, label_by=args.label_by, clip_checkpoint=args.clip_checkpoint, vocab=vocab,
-               device=args.device, repair_share=args.repair_share)
+               device=args.device, repair_share=args.repair_share, unlearn_share=args.unlearn_share,
+               profile=args.profile)
     short = f", shortfalls {m['shortfalls']}" if m["shortfalls"] else ""
-    print(f"wrote {m['size']} pairs to {m['csv']} (fill {m['fill']['drawn']}{short})", file=sys.stderr)
+    u = m["unlearn"]
+    unlearn = (f", {u['taken']} unlearning pairs ({u['shortfall']} short, {u['skipped_no_affected']} flagged images "
+               f"with nothing found skipped)" if u["asked"] else "")
+    print(f"wrote {m['size']} pairs to {m['csv']} (profile {m['profile']}, fill {m['fill']['drawn']}{short}{unlearn})",
+          file=sys.stderr)
     return 0

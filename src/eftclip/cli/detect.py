@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML file of defaults (keys as in DetectConfig); flags override it")
     p.add_argument("--checkpoint", help="the suspect CLIP (.safetensors with its JSON side file)")
+    p.add_argument("--model", help="open_clip architecture (with --pretrained, or a foreign --checkpoint), or hf-hub:org/name")
+    p.add_argument("--pretrained", metavar="TAG|FILE", help="open_clip pretrained tag (openai, laion2b_s34b_b79k), hf-hub:org/name or weights file")
     p.add_argument("--images", help="caption CSV/TSV/webdataset (with is_poisoned when known) or a folder of images")
     p.add_argument("--out", help="output folder")
     p.add_argument("--vocab", help="label file (.txt one per line, or .json list), or 'mined' (default: mined)")
@@ -33,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--oracle", help="oracle backend: reference, onnx-detector, fastsam, owlv2, grounding-dino")
     p.add_argument("--oracle-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="an oracle constructor argument, repeatable (VALUE parsed as JSON when it can be)")
+    p.add_argument("--oracle-model", metavar="DIR|FILE|HUB_ID", help="the oracle's weights (e.g. google/owlv2-base-patch16-ensemble)")
+    p.add_argument("--sam-model", metavar="DIR|HUB_ID", help="owlv2/grounding-dino: refine boxes to masks with this SAM")
     p.add_argument("--tau", type=int, help="length of CLIP's label list (default 5)")
     p.add_argument("--prompt-tau", type=int, help="prompt the oracle with this many labels (>= tau), for tau sweeps")
     p.add_argument("--theta", type=float, help="oracle confidence threshold in [0, 1] (default 0.66)")
@@ -70,13 +74,15 @@ def parse_kv(items: list[str], flag: str) -> dict:
 def build_config(args: argparse.Namespace):
     from eftclip.config import from_mapping, load_yaml, merge
     from eftclip.detection.runner import DetectConfig
+    from eftclip.oracles import model_kwargs
 
     base = load_yaml(args.config) if args.config else {}
     flags = {
         "checkpoint": args.checkpoint, "images": args.images, "out": args.out, "vocab": args.vocab,
         "labels": [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None,
         "vocab_size": args.vocab_size, "vocab_min_count": args.vocab_min_count, "oracle": args.oracle,
-        "oracle_args": parse_kv(args.oracle_arg, "--oracle-arg") or None, "tau": args.tau,
+        "oracle_args": {**model_kwargs(args.oracle or base.get("oracle") or "", args.oracle_model, args.sam_model),
+                        **parse_kv(args.oracle_arg, "--oracle-arg")} or None, "tau": args.tau,
         "prompt_tau": args.prompt_tau, "theta": args.theta, "mode": args.mode, "flag_rule": args.flag_rule,
         "evidence": args.evidence, "min_share": args.min_share, "min_count": args.min_count,
         "target": args.target, "templates": args.template, "crop_pad": args.crop_pad,
@@ -96,9 +102,17 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from eftclip.detection.runner import run_detection
 
+    bundle = None
+    if args.model or args.pretrained:  # a CLIP by name: resolved (and fetched) before anything is written
+        from eftclip.models import load_clip, resolve_clip_weights
+
+        args.checkpoint = resolve_clip_weights(checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained)[0]
     cfg = build_config(args)
     check_detect_inputs(cfg, config=args.config)
-    m = run_detection(cfg)
+    if args.model or args.pretrained:
+        bundle = load_clip(checkpoint=None if args.pretrained else cfg.checkpoint, model=args.model,
+                           pretrained=args.pretrained, device=cfg.device)
+    m = run_detection(cfg, bundle=bundle)
     if "rank" in m:
         return 0
     rate = m.get("detection_rate")

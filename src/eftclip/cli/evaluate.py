@@ -34,12 +34,15 @@ def register(subparsers) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+    p.add_argument("--checkpoint", metavar="CKPT",
                    help="weights file: .safetensors, or a weights-only torch file "
                         "(open_clip, OpenAI or CleanCLIP layout)")
     p.add_argument("--model", metavar="NAME",
                    help="open_clip architecture (e.g. RN50, ViT-B-32, eftclip-tiny-vit); "
-                        "default: the one recorded in the checkpoint's .json side file")
+                        "default: the one recorded in the checkpoint's .json side file; or hf-hub:org/name")
+    p.add_argument("--pretrained", metavar="TAG|FILE",
+                   help="instead of --checkpoint: open_clip tag of --model (openai, laion2b_s34b_b79k), "
+                        "hf-hub:org/name, or a weights file")
     p.add_argument("--data", required=True, metavar="DIR", help="image folder root/<class>/<image>")
     p.add_argument("--classes", metavar="NAME|FILE",
                    help="class display names: cifar10, imagenet1k, or a JSON list/mapping; default: folder names")
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from eftclip.data.zeroshot import ImageFolderSet, load_templates
     from eftclip.evaluation import evaluate
     from eftclip.io import write_json
-    from eftclip.models import load_checkpoint
+    from eftclip.models import load_clip, resolve_clip_weights
 
     if args.attack_params and not args.attack:
         raise EftclipError("--attack-params given without --attack")
@@ -127,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.out, "--out")
     check_device(args.device)
 
+    resolve_clip_weights(checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained)  # fail fast
     dataset = ImageFolderSet(args.data, args.classes, max_per_class=args.max_per_class)
     template_spec = args.templates or ("cifar10" if args.classes == "cifar10" else "openai")
     templates = load_templates(template_spec)
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
         resolve_target(args.target, dataset.classnames, dataset.classes)
 
-    bundle = load_checkpoint(args.checkpoint, model_name=args.model, device=args.device)
+    bundle = load_clip(checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, device=args.device)
     metrics = evaluate(
         bundle,
         dataset,
@@ -154,11 +158,12 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         num_workers=args.workers,
     )
-    print(f"checkpoint {args.checkpoint}  ({bundle.name})")
+    print(f"checkpoint {bundle.pretrained or bundle.checkpoint}  ({bundle.name})")
     print(format_table(metrics))
     if args.out:
         config = {
-            "checkpoint": os.path.abspath(args.checkpoint),
+            "checkpoint": os.path.abspath(bundle.checkpoint),
+            "pretrained": bundle.pretrained,
             "model": bundle.name,
             "data": os.fspath(dataset.root),
             "classes": args.classes,

@@ -24,6 +24,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         ),
     )
     add_config_flags(parser, FinetuneConfig)
+    parser.add_argument("--pretrained", metavar="TAG|FILE",
+                        help="instead of --checkpoint: open_clip tag of --model (openai, laion2b_s34b_b79k), "
+                             "hf-hub:org/name, or a weights file")
     parser.set_defaults(func=run)
     return parser
 
@@ -32,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from eftclip.training import finetune
     from eftclip.training.distributed import world_from_env
 
+    from eftclip.models import resolve_clip_weights
+    from eftclip.models.hub import is_hub_name
+
+    if args.pretrained or is_hub_name(args.model):  # a start by name: its file in the hub cache
+        args.checkpoint, args.model = resolve_clip_weights(
+            checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained)
     cfg = config_from_args(args, FinetuneConfig)
     check_run_io(cfg, checkpoint=cfg.checkpoint)
     summary = finetune(cfg)

@@ -8,6 +8,7 @@ import sys
 from eftclip.cli.checks import check_detect_inputs
 from eftclip.cli.detect import parse_kv
 from eftclip.errors import EftclipError
+from eftclip.guards import check_count, check_device
 
 
 def _list(text: str | None, kind, flag: str):
@@ -30,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "figure4.png, config.yaml; resumable."
         ),
     )
-    p.add_argument("--checkpoint", required=True, help="the poisoned CLIP (.safetensors with its JSON side file)")
+    p.add_argument("--checkpoint", help="the poisoned CLIP (.safetensors with its JSON side file)")
+    p.add_argument("--model", help="open_clip architecture (with --pretrained, or a foreign --checkpoint), or hf-hub:org/name")
+    p.add_argument("--pretrained", metavar="TAG|FILE", help="open_clip pretrained tag, hf-hub:org/name or weights file")
     p.add_argument("--images", required=True, help="clean images: caption CSV/TSV/webdataset or a folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--target", help="the attack's target label (added to the vocabulary; is it in K?)")
@@ -38,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--labels", help="comma-separated labels always in the vocabulary")
     p.add_argument("--oracle", default="reference", help="oracle backend (default reference)")
     p.add_argument("--oracle-arg", action="append", default=[], metavar="KEY=VALUE", help="oracle argument, repeatable")
+    p.add_argument("--oracle-model", metavar="DIR|FILE|HUB_ID", help="the oracle's weights (e.g. google/owlv2-base-patch16-ensemble)")
+    p.add_argument("--sam-model", metavar="DIR|HUB_ID", help="owlv2/grounding-dino: refine boxes to masks with this SAM")
     p.add_argument("--trigger", default="badnet", help="patch trigger (default badnet)")
     p.add_argument("--trigger-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="other trigger parameter, repeatable (e.g. pattern=noise, pattern_seed=0)")
@@ -60,11 +65,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from eftclip.detection.sweep import SweepConfig, run_sweep
+    from eftclip.models import load_clip
+    from eftclip.oracles import model_kwargs
 
+    check_count(args.max_images, "--max-images")  # cheap checks before the model is loaded
+    check_device(args.device)
+    # the CLIP by file or by name, loaded before anything is written (an uncached tag leaves no --out)
+    bundle = load_clip(checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, device=args.device)
     cfg = SweepConfig(
-        checkpoint=args.checkpoint, images=args.images, out=args.out, target=args.target, vocab=args.vocab,
+        checkpoint=bundle.checkpoint, images=args.images, out=args.out, target=args.target, vocab=args.vocab,
         labels=tuple(s.strip() for s in (args.labels or "").split(",") if s.strip()), oracle=args.oracle,
-        oracle_args=parse_kv(args.oracle_arg, "--oracle-arg"), trigger=args.trigger,
+        oracle_args={**model_kwargs(args.oracle, args.oracle_model, args.sam_model),
+                     **parse_kv(args.oracle_arg, "--oracle-arg")}, trigger=args.trigger,
         trigger_args=parse_kv(args.trigger_arg, "--trigger-arg"), rhos=_list(args.rho, int, "--rho"),
         mus=_list(args.mu, str, "--mu"), thetas=_list(args.theta, float, "--theta"),
         taus=_list(args.tau, int, "--tau"), mode=args.mode, flag_rule=args.flag_rule, min_share=args.min_share,
@@ -72,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device, seed=args.seed,
     )
     check_detect_inputs(cfg)
-    rows = run_sweep(cfg)
+    rows = run_sweep(cfg, bundle=bundle)
     best = max((r["detection_rate"] or 0.0 for r in rows), default=0.0)
     print(f"sweep: {len(rows)} settings, best detection rate {best:.3f} -> {args.out}", file=sys.stderr)
     return 0

@@ -2,8 +2,10 @@
 
 Steps of :func:`curate`:
 
-1. read the detection's ``affected_labels.csv``, ``triggers.json`` and
-   ``vocab.txt``; weights per label by :mod:`eftclip.curation.profile`;
+1. read the detection's affected-label profile (``affected_labels.csv``, the
+   paper's rule, or ``affected_labels_second_look.csv``, see
+   :data:`PROFILE_FILES`), ``triggers.json`` and ``vocab.txt``; weights per
+   label by :mod:`eftclip.curation.profile`;
 2. label every pool item: from its caption (``label_by="caption"``: word
    match against the vocabulary, plural- and phrase-aware) or by a clean CLIP
    (``label_by="clip"``: its top-1 zero-shot label among the vocabulary);
@@ -13,7 +15,10 @@ Steps of :func:`curate`:
    its shortfall on to the labels that still have items, in proportion to
    their weights; what no label can fill is drawn from the rest of the pool
    (``fill``) and reported;
-4. write ``finetune.csv`` (CleanCLIP layout: ``image,caption``) and
+4. optional pairs beyond the paper, part of ``size``: unlearning pairs
+   (:mod:`eftclip.curation.unlearn`) and repair pairs (:func:`repair_pairs`);
+   the pool supplies what they do not;
+5. write ``finetune.csv`` (CleanCLIP layout: ``image,caption``) and
    ``manifest.json`` with the realised shares, plus ``config.yaml``.
 
 Asking for more items than the pool holds is an error.
@@ -39,7 +44,7 @@ def select(
     size: int,
     rng: np.random.Generator,
 ) -> tuple[list[int], list[str | None], dict]:
-    """Choose ``size`` distinct pool items following the label ``weights``.
+    """Choose ``size`` distinct pool items (0 allowed) following the label ``weights``.
 
     ``item_labels[i]`` is the set of labels of pool item ``i``.  Returns the
     chosen indices, the label each was drawn for (``None`` for fill), and a
@@ -49,8 +54,8 @@ def select(
     n = len(item_labels)
     if size > n:
         raise EftclipError(f"--size {size} is larger than the pool ({n} items)")
-    if size < 1:
-        raise EftclipError(f"--size must be at least 1, got {size}")
+    if size < 0:
+        raise EftclipError(f"cannot draw {size} pool items")
     cands: dict[str, list[int]] = {lab: [] for lab in weights}
     for i, labs in enumerate(item_labels):
         for lab in labs:
@@ -116,13 +121,13 @@ def select(
             "target_share": weights[lab] / wsum,
             "quota": initial.get(lab, 0),
             "drawn": drawn[lab],
-            "share": drawn[lab] / size,
+            "share": drawn[lab] / size if size else 0.0,
             "shortfall": shortfall[lab],
             "available": len(cands[lab]),
         }
         for lab in weights
     }
-    report["_fill"] = {"drawn": max(fill, 0), "share": max(fill, 0) / size}
+    report["_fill"] = {"drawn": max(fill, 0), "share": max(fill, 0) / size if size else 0.0}
     return picks, assigned, report
 
 
@@ -158,6 +163,54 @@ def label_pool_by_clip(
     return out
 
 
+# which affected-label profile the pool draw follows: the file of the detection folder holding it
+PROFILE_FILES = {
+    "paper": "affected_labels.csv",  # the paper's rule (Algorithm 2 over CLIP's top-tau list), as detection wrote it
+    "second_look": "affected_labels_second_look.csv",  # eftclip.detection.second_look (whole vocabulary asked)
+}
+
+
+def profile_file(detection_dir: Path, profile: str | None) -> tuple[str, Path]:
+    """``(name, path)`` of the profile to follow; ``None``: the second look's when it exists, else the paper's."""
+    if profile is None:
+        profile = "second_look" if (detection_dir / PROFILE_FILES["second_look"]).exists() else "paper"
+    if profile not in PROFILE_FILES:
+        raise EftclipError(f"--profile must be one of {', '.join(PROFILE_FILES)}, not {profile!r}")
+    return profile, detection_dir / PROFILE_FILES[profile]
+
+
+def _detection_inputs(detection_dir: Path, vocab: Sequence[str] | None, profile: str | None):
+    """``(profile name, {label: count}, K, vocabulary)`` read from a detection folder."""
+    from eftclip.detection.vocab import load_vocab
+    from eftclip.io import read_json
+
+    if not detection_dir.is_dir():
+        raise EftclipError(f"{detection_dir}: detection folder not found")
+    name, path = profile_file(detection_dir, profile)
+    affected = read_affected_labels(path)
+    triggers_path = detection_dir / "triggers.json"
+    K = list(read_json(triggers_path).get("K", [])) if triggers_path.exists() else []
+    if vocab is None:
+        vpath = detection_dir / "vocab.txt"
+        if not vpath.exists():
+            raise EftclipError(f"{vpath}: the detection folder holds no vocabulary; pass one")
+        vocab = load_vocab(vpath)
+    return name, affected, K, list(vocab)
+
+
+def _check_options(label_by: str, clip_checkpoint, repair_share: float, unlearn_share: float) -> None:
+    if label_by not in LABEL_BY:
+        raise EftclipError(f"--label-by must be one of {LABEL_BY}, not {label_by!r}")
+    if label_by == "clip" and clip_checkpoint is None:
+        raise EftclipError("--label-by clip needs --clip-checkpoint (a clean CLIP)")
+    if not 0 <= repair_share <= 1:
+        raise EftclipError(f"--repair-share must be in [0, 1], got {repair_share}")
+    if not 0 <= unlearn_share <= 1:
+        raise EftclipError(f"--unlearn-share must be in [0, 1], got {unlearn_share}")
+    if repair_share + unlearn_share > 1:
+        raise EftclipError(f"--repair-share {repair_share} and --unlearn-share {unlearn_share} add up to more than 1")
+
+
 def curate(
     detection_dir: str | os.PathLike,
     pool: str | os.PathLike,
@@ -171,6 +224,8 @@ def curate(
     vocab: Sequence[str] | None = None,
     device: str = "cpu",
     repair_share: float = 0.0,
+    unlearn_share: float = 0.0,
+    profile: str | None = None,
 ) -> dict:
     """Build the fine-tuning set; returns the manifest (also written to ``out/manifest.json``).
 
@@ -178,40 +233,29 @@ def curate(
     caption CSV/TSV (or webdataset) of clean image-text pairs; ``size`` the
     number of pairs; ``unaffected_ratio`` R in [0, 1] (see
     :mod:`eftclip.curation.profile`); ``vocab`` overrides the detection's
-    vocabulary.
+    vocabulary.  ``profile``: the affected-label profile the pool draw follows,
+    a key of :data:`PROFILE_FILES` (``"paper"``, ``"second_look"``); None = the
+    second look's when the folder holds one, else the paper's.
 
-    ``repair_share`` (an extension beyond the paper, off by default): a share
-    of the ``size`` pairs is taken from the detection's *flagged* images, each
-    captioned with what the oracle really found there (its affected labels,
-    ``S_i minus K``), e.g. "a photo of a boat." for a triggered boat scene.  These
-    pairs show the model the trigger next to the right caption, which breaks
-    the trigger-target association directly; the rest of the set is drawn from
-    the pool as usual, so the total stays ``size``.  Only detection output is
-    used (oracle finds, never ground truth).
+    ``unlearn_share`` (beyond the paper, 0 = off): that share of the ``size``
+    pairs are flagged detection images captioned with the objects the second
+    look found there (:mod:`eftclip.curation.unlearn`); when fewer qualify, the
+    shortfall is drawn from the pool (reported under ``unlearn``).
+
+    ``repair_share`` (beyond the paper, off by default): a share of the pairs
+    from flagged images captioned with the paper's rule's affected labels
+    (``S_i`` minus K; see :func:`repair_pairs`).  Both kinds of pairs are part
+    of ``size``, never added to it; only detection output is used, never the
+    detection set's ground truth.
     """
-    from eftclip.config import write_config
-    from eftclip.data.captions import read_captions, write_captions_csv
-    from eftclip.detection.vocab import load_vocab
-    from eftclip.io import read_json, write_json
+    from eftclip.curation.unlearn import unlearning_pairs
+    from eftclip.data.captions import read_captions
 
     detection_dir, out = Path(detection_dir), Path(out)
-    if label_by not in LABEL_BY:
-        raise EftclipError(f"--label-by must be one of {LABEL_BY}, not {label_by!r}")
-    if label_by == "clip" and clip_checkpoint is None:
-        raise EftclipError("--label-by clip needs --clip-checkpoint (a clean CLIP)")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:  # before the pool is scanned
-        raise EftclipError(f"--size must be a whole number of at least 1, got {size!r}")
-    if not detection_dir.is_dir():
-        raise EftclipError(f"{detection_dir}: detection folder not found")
-    affected = read_affected_labels(detection_dir / "affected_labels.csv")
-    triggers_path = detection_dir / "triggers.json"
-    K = list(read_json(triggers_path).get("K", [])) if triggers_path.exists() else []
-    if vocab is None:
-        vpath = detection_dir / "vocab.txt"
-        if not vpath.exists():
-            raise EftclipError(f"{vpath}: the detection folder holds no vocabulary; pass one")
-        vocab = load_vocab(vpath)
-    vocab = list(vocab)
+    if size < 1:
+        raise EftclipError(f"--size must be at least 1, got {size}")
+    _check_options(label_by, clip_checkpoint, repair_share, unlearn_share)
+    profile, affected, K, vocab = _detection_inputs(detection_dir, vocab, profile)
     weights = label_weights(affected, vocab, unaffected_ratio)
 
     table = read_captions(pool)
@@ -225,62 +269,67 @@ def curate(
     else:
         item_labels = label_pool_by_clip(records, list(weights), clip_checkpoint, device=device)
 
-    if not 0 <= repair_share <= 1:
-        raise EftclipError(f"--repair-share must be in [0, 1], got {repair_share}")
     rng = np.random.default_rng(seed)
     styled: dict[frozenset, list[str]] = {}
     for rec, labs in zip(records, item_labels):
         styled.setdefault(frozenset(labs), []).append(rec.caption)
     repair = repair_pairs(detection_dir, int(round(repair_share * size)), rng,
                           pool_captions=styled) if repair_share else []
-    picks, assigned, report = select(item_labels, weights, size - len(repair), rng)
+    # its own stream: the pool draw is the same whether or not unlearning pairs are asked for
+    unlearn, unlearn_report = unlearning_pairs(detection_dir, int(round(unlearn_share * size)),
+                                               np.random.default_rng([seed, 1]))
+    picks, assigned, report = select(item_labels, weights, size - len(repair) - len(unlearn), rng)
 
-    rows = [{"image": records[i].image, "caption": records[i].caption} for i in picks] + repair
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "finetune.csv"
-    write_captions_csv(csv_path, rows, ["image", "caption"])
+    rows = [{"image": records[i].image, "caption": records[i].caption} for i in picks] + repair + unlearn
+    manifest = {
+        "size": size, "pool": str(pool), "pool_size": len(records), "pool_skipped": len(table.skipped),
+        "pool_unlabelled": sum(1 for labs in item_labels if not labs), "unaffected_ratio": unaffected_ratio,
+        "rule": "affected label: weight = its frequency; unaffected label: weight = R * lowest affected frequency",
+        "profile": profile, "profile_file": PROFILE_FILES[profile], "label_by": label_by, "seed": seed,
+        "affected": sorted(affected), "triggers": K,
+    }
+    manifest.update(_draw_report(report, picks, item_labels, records))
+    manifest.update({
+        "repair_share": repair_share, "repair_pairs": len(repair),
+        "repair_rule": "flagged detection images captioned with the oracle's affected labels (S_i minus K): "
+                       "a pool caption naming exactly those labels, else a template",
+        "unlearn_share": unlearn_share, "unlearn_pairs": len(unlearn), "unlearn": unlearn_report,
+        "unlearn_rule": "flagged detection images captioned with the labels the second look found there, minus K",
+        "pool_pairs": len(picks), "drawn_for": assigned,
+    })
+    config = {"detection_dir": str(detection_dir), "pool": str(pool), "size": size,
+              "unaffected_ratio": unaffected_ratio, "seed": seed, "label_by": label_by, "profile": profile,
+              "repair_share": repair_share, "unlearn_share": unlearn_share,
+              "clip_checkpoint": None if clip_checkpoint is None else str(clip_checkpoint)}
+    return _write_set(out, rows, manifest, config)
+
+
+def _draw_report(report: dict, picks: list[int], item_labels: Sequence[set[str]], records) -> dict:
+    """The manifest's per-label part: realised shares, coverage, fill, shortfalls and the chosen keys."""
     coverage: dict[str, int] = {}
     for i in picks:
         for lab in item_labels[i]:
             coverage[lab] = coverage.get(lab, 0) + 1
-    shortfalls = {lab: r["shortfall"] for lab, r in report.items() if lab != "_fill" and r["shortfall"]}
-    manifest = {
-        "csv": str(csv_path),
-        "size": size,
-        "pool": str(pool),
-        "pool_size": len(records),
-        "pool_skipped": len(table.skipped),
-        "pool_unlabelled": sum(1 for labs in item_labels if not labs),
-        "unaffected_ratio": unaffected_ratio,
-        "rule": "affected label: weight = its frequency; unaffected label: weight = R * lowest affected frequency",
-        "label_by": label_by,
-        "seed": seed,
-        "affected": sorted(affected),
-        "triggers": K,
+    return {
         "labels": {lab: {**r, "coverage": coverage.get(lab, 0)} for lab, r in report.items() if lab != "_fill"},
         "fill": report["_fill"],
-        "shortfalls": shortfalls,
+        "shortfalls": {lab: r["shortfall"] for lab, r in report.items() if lab != "_fill" and r["shortfall"]},
         "keys": [records[i].key for i in picks],
-        "repair_share": repair_share,
-        "repair_pairs": len(repair),
-        "repair_rule": "flagged detection images captioned with the oracle's affected labels (S_i minus K): "
-                       "a pool caption naming exactly those labels, else a template",
-        "drawn_for": assigned,
     }
+
+
+def _write_set(out: Path, rows: list[dict], manifest: dict, config: dict) -> dict:
+    """Write ``finetune.csv``, ``manifest.json`` (with the CSV's path first) and ``config.yaml``; return the manifest."""
+    from eftclip.config import write_config
+    from eftclip.data.captions import write_captions_csv
+    from eftclip.io import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "finetune.csv"
+    write_captions_csv(csv_path, rows, ["image", "caption"])
+    manifest = {"csv": str(csv_path), **manifest}
     write_json(out / "manifest.json", manifest)
-    write_config(
-        out / "config.yaml",
-        {
-            "detection_dir": str(detection_dir),
-            "pool": str(pool),
-            "size": size,
-            "unaffected_ratio": unaffected_ratio,
-            "seed": seed,
-            "label_by": label_by,
-            "repair_share": repair_share,
-            "clip_checkpoint": None if clip_checkpoint is None else str(clip_checkpoint),
-        },
-    )
+    write_config(out / "config.yaml", config)
     return manifest
 
 
@@ -298,7 +347,7 @@ def repair_pairs(detection_dir: Path, n: int, rng: np.random.Generator,
     Returns CleanCLIP rows ``{"image", "caption"}``; fewer than ``n`` when fewer qualify.
     """
     from eftclip.io import read_jsonl
-    from eftclip.world.captions import article
+    from eftclip.text import article
 
     records = [r for r in read_jsonl(Path(detection_dir) / "images.jsonl") if r.get("flagged") and r.get("affected")]
     chosen = rng.permutation(len(records))[:n]

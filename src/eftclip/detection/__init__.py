@@ -2,7 +2,9 @@
 
 - :mod:`eftclip.detection.algorithms` -- the two algorithms as pure functions, plus the robust mode.
 - :mod:`eftclip.detection.vocab` -- the label vocabulary (a file, or nouns mined from captions).
-- :mod:`eftclip.detection.runner` -- the streaming, resumable run over a dataset (:func:`run_detection`).
+- :mod:`eftclip.detection.runner` -- the streaming, resumable run over a dataset (:func:`run_detection`), in steps:
+  ``config`` (DetectConfig), ``sources`` (images, vocabulary), ``scoring`` (the CLIP pass), ``records``
+  (logs, shards, merge), ``decide`` (pass 2, pure), ``outputs`` (files, figures, warnings).
 - :mod:`eftclip.detection.metrics` -- detection rate, precision, false positives.
 - :mod:`eftclip.detection.figures` -- the Figure 7 style panel.
 - :mod:`eftclip.detection.sweep` -- detection rate against rho, mu, theta, tau (Figures 3 and 4).

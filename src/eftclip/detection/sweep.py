@@ -27,17 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from eftclip.detection.runner import (
-    ClipScorer,
-    DecideParams,
-    ImageItem,
-    check_params,
-    decide,
-    iter_records,
-    list_images,
-    resolve_vocab,
-    run_pass1,
-)
+from eftclip.detection.config import DecideParams, check_params
+from eftclip.detection.decide import decide
+from eftclip.detection.records import iter_records, run_pass1
+from eftclip.detection.scoring import ClipScorer
+from eftclip.detection.sources import ImageItem, list_images, resolve_vocab
 from eftclip.errors import EftclipError
 
 
@@ -87,17 +81,10 @@ def _triggered_loader(item: ImageItem, trigger, seed: int, index: int):
 
 def run_sweep(cfg: SweepConfig, *, oracle=None, bundle=None) -> list[dict]:
     """Run the sweep; returns the rows (also in ``out/sweep.csv`` and ``sweep.json``)."""
-    from eftclip.attacks import create_trigger
     from eftclip.config import write_config
-    from eftclip.detection.figures import sweep_figures
-    from eftclip.detection.vocab import normalise_label
-    from eftclip.io import atomic_open, repair_jsonl, write_json, write_text
+    from eftclip.io import write_text
 
-    if not cfg.rhos or not cfg.mus or not cfg.thetas or not cfg.taus:
-        raise EftclipError("sweep: --rho, --mu, --theta and --tau each need at least one value")
-    for theta in cfg.thetas:
-        check_params(DecideParams(theta=theta))
-    prompt_tau = max(cfg.taus)
+    _check_grid(cfg)
     out = Path(cfg.out)
     items, _ = list_images(cfg.images)
     if cfg.max_images is not None:
@@ -106,19 +93,65 @@ def run_sweep(cfg: SweepConfig, *, oracle=None, bundle=None) -> list[dict]:
         _VocabView(cfg.vocab, cfg.labels, cfg.target, cfg.vocab_size, cfg.vocab_min_count, cfg.images), items
     )
     for tau in cfg.taus:
-        check_params(DecideParams(tau=tau, mode=cfg.mode, flag_rule=cfg.flag_rule, evidence=cfg.evidence,
-                                  min_share=cfg.min_share, min_count=cfg.min_count), vocab_size=len(vocab))
-    triggers = {}
-    for rho, mu in itertools.product(cfg.rhos, cfg.mus):
-        triggers[(rho, mu)] = create_trigger(cfg.trigger, **{**cfg.trigger_args, "size": rho, "position": mu})
-    # a patch that cannot fit is a setting error, not an unreadable image: fail before any model pass
-    probe = np.asarray(items[0].load(), dtype=np.uint8)
-    for trig in triggers.values():
-        trig.apply(probe, np.random.default_rng(0))
+        check_params(_decision(cfg, tau=tau), vocab_size=len(vocab))
+    triggers = _triggers(cfg, items)
     out.mkdir(parents=True, exist_ok=True)
     write_config(out / "config.yaml", cfg)
     write_text(out / "vocab.txt", "\n".join(vocab) + "\n")
+    scorer, oracle = _models(cfg, vocab, oracle, bundle)
 
+    def pass1(log: Path, pairs, desc):
+        from eftclip.io import repair_jsonl
+
+        done = {r["key"] for r in repair_jsonl(log)}
+        run_pass1(pairs, log, scorer, oracle, prompt_tau=max(cfg.taus), batch_size=cfg.batch_size, done=done,
+                  desc=desc)
+
+    clean_log = out / "clean" / "images.jsonl"
+    if cfg.include_clean:
+        clean = [(i, ImageItem(f"clean/{it.key}", it.ref, False, it.caption, it.load)) for i, it in enumerate(items)]
+        pass1(clean_log, clean, "sweep: clean")
+    rows = []
+    for (rho, mu), trig in triggers.items():
+        log = out / f"rho{rho}_mu{mu}" / "images.jsonl"
+        pairs = [
+            (i, ImageItem(f"trig/{it.key}", it.ref, True, it.caption, _triggered_loader(it, trig, cfg.seed, i)))
+            for i, it in enumerate(items)
+        ]
+        pass1(log, pairs, f"sweep: rho={rho} mu={mu}")
+        rows += _decide_grid(cfg, rho, mu, log, clean_log)
+        print(f"sweep: rho={rho} mu={mu} done", file=sys.stderr)
+    _write_rows(out, rows, cfg)
+    return rows
+
+
+def _check_grid(cfg: SweepConfig) -> None:
+    if not cfg.rhos or not cfg.mus or not cfg.thetas or not cfg.taus:
+        raise EftclipError("sweep: --rho, --mu, --theta and --tau each need at least one value")
+    for theta in cfg.thetas:
+        check_params(DecideParams(theta=theta))
+
+
+def _decision(cfg: SweepConfig, *, tau: int, theta: float = DecideParams.theta, target: str | None = None) -> DecideParams:
+    """The pass-2 settings of one grid point."""
+    return DecideParams(tau=tau, theta=theta, mode=cfg.mode, flag_rule=cfg.flag_rule, evidence=cfg.evidence,
+                        min_share=cfg.min_share, min_count=cfg.min_count, target=target)
+
+
+def _triggers(cfg: SweepConfig, items: list[ImageItem]) -> dict:
+    """One trigger per ``(rho, mu)``; a patch that cannot fit is a setting error, raised before any model pass."""
+    from eftclip.attacks import create_trigger
+
+    triggers = {}
+    for rho, mu in itertools.product(cfg.rhos, cfg.mus):
+        triggers[(rho, mu)] = create_trigger(cfg.trigger, **{**cfg.trigger_args, "size": rho, "position": mu})
+    probe = np.asarray(items[0].load(), dtype=np.uint8)
+    for trig in triggers.values():
+        trig.apply(probe, np.random.default_rng(0))
+    return triggers
+
+
+def _models(cfg: SweepConfig, vocab: list[str], oracle, bundle):
     if oracle is None:
         from eftclip.oracles import create_oracle
 
@@ -127,47 +160,40 @@ def run_sweep(cfg: SweepConfig, *, oracle=None, bundle=None) -> list[dict]:
         from eftclip.models import load_checkpoint
 
         bundle = load_checkpoint(cfg.checkpoint, device=cfg.device)
-    scorer = ClipScorer(bundle, vocab, cfg.templates, cfg.device, cfg.batch_size)
+    return ClipScorer(bundle, vocab, cfg.templates, cfg.device, cfg.batch_size), oracle
 
-    def pass1(log: Path, pairs, desc):
-        done = {r["key"] for r in repair_jsonl(log)}
-        run_pass1(pairs, log, scorer, oracle, prompt_tau=prompt_tau, batch_size=cfg.batch_size, done=done,
-                  desc=desc)
 
-    clean_log = out / "clean" / "images.jsonl"
-    if cfg.include_clean:
-        clean = [(i, ImageItem(f"clean/{it.key}", it.ref, False, it.caption, it.load)) for i, it in enumerate(items)]
-        pass1(clean_log, clean, "sweep: clean")
-    rows = []
+def _decide_grid(cfg: SweepConfig, rho: int, mu: str, log: Path, clean_log: Path) -> list[dict]:
+    """Pass 2 for every ``(theta, tau)`` over one patch setting's records (and the clean ones)."""
+    from eftclip.detection.vocab import normalise_label
+
     target = normalise_label(cfg.target) if cfg.target else None
-    for (rho, mu), trig in triggers.items():
-        log = out / f"rho{rho}_mu{mu}" / "images.jsonl"
-        pairs = [
-            (i, ImageItem(f"trig/{it.key}", it.ref, True, it.caption, _triggered_loader(it, trig, cfg.seed, i)))
-            for i, it in enumerate(items)
-        ]
-        pass1(log, pairs, f"sweep: rho={rho} mu={mu}")
 
-        def records(log=log):
-            if cfg.include_clean:
-                yield from iter_records(clean_log)
-            yield from iter_records(log)
+    def records():
+        if cfg.include_clean:
+            yield from iter_records(clean_log)
+        yield from iter_records(log)
 
-        for theta, tau in itertools.product(cfg.thetas, cfg.taus):
-            p = DecideParams(tau=tau, theta=theta, mode=cfg.mode, flag_rule=cfg.flag_rule, evidence=cfg.evidence,
-                             min_share=cfg.min_share, min_count=cfg.min_count, target=target)
-            res = decide(records, p)
-            m = res["metrics"]
-            rows.append(
-                {
-                    "rho": rho, "mu": mu, "theta": theta, "tau": tau,
-                    "detection_rate": m["detection_rate"], "precision": m["precision"],
-                    "false_positive_rate": m["false_positive_rate"], "n_poisoned": m["n_poisoned"],
-                    "n_clean": m["n_clean"], "K": res["K"], "target_in_K": res["target_in_K"],
-                    "faithful_detection_rate": res["metrics_by_mode"]["faithful"]["detection_rate"],
-                }
-            )
-        print(f"sweep: rho={rho} mu={mu} done", file=sys.stderr)
+    rows = []
+    for theta, tau in itertools.product(cfg.thetas, cfg.taus):
+        res = decide(records, _decision(cfg, tau=tau, theta=theta, target=target))
+        m = res["metrics"]
+        rows.append(
+            {
+                "rho": rho, "mu": mu, "theta": theta, "tau": tau,
+                "detection_rate": m["detection_rate"], "precision": m["precision"],
+                "false_positive_rate": m["false_positive_rate"], "n_poisoned": m["n_poisoned"],
+                "n_clean": m["n_clean"], "K": res["K"], "target_in_K": res["target_in_K"],
+                "faithful_detection_rate": res["metrics_by_mode"]["faithful"]["detection_rate"],
+            }
+        )
+    return rows
+
+
+def _write_rows(out: Path, rows: list[dict], cfg: SweepConfig) -> None:
+    from eftclip.detection.figures import sweep_figures
+    from eftclip.io import atomic_open, write_json
+
     write_json(out / "sweep.json", rows)
     cols = list(rows[0]) if rows else []
     with atomic_open(out / "sweep.csv", "w") as fh:
@@ -176,7 +202,6 @@ def run_sweep(cfg: SweepConfig, *, oracle=None, bundle=None) -> list[dict]:
         for r in rows:
             w.writerow({**r, "K": " ".join(r["K"])})
     sweep_figures(rows, out, theta_ref=0.66, tau_ref=min(cfg.taus))
-    return rows
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""CLIP models through open_clip, and safe checkpoint I/O.
+"""CLIP models through open_clip, safe checkpoint I/O, and pretrained weights by name.
 
 Importing this package registers the project's tiny architectures
 (``eftclip-tiny-vit``, ``eftclip-tiny-rn``, and any other JSON under
@@ -18,6 +18,7 @@ from eftclip.models.factory import (
     model_config,
     register_configs,
 )
+from eftclip.models.loading import load_clip, resolve_clip_weights
 
 register_configs(CONFIG_DIR)
 
@@ -27,8 +28,10 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
+    "load_clip",
     "model_config",
     "read_state_dict",
     "register_configs",
+    "resolve_clip_weights",
     "save_checkpoint",
 ]

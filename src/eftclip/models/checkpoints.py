@@ -26,7 +26,8 @@ in the layouts
   is OpenAI-format, with or without ``module.``.
 
 TorchScript archives (OpenAI's original ``*.pt`` downloads) are refused: they
-are programs, not weights; convert them once in an environment you trust.
+are programs, not weights; ``eftclip convert`` (:mod:`eftclip.models.convert`)
+reads only their tensors and writes a safetensors checkpoint once.
 """
 
 from __future__ import annotations
@@ -171,9 +172,9 @@ def _load_torch(path: Path) -> Any:
     if _is_torchscript(path):
         raise EftclipError(
             f"{path}: is a TorchScript archive (a program, such as OpenAI's original .pt "
-            f"downloads), not a weights-only checkpoint; eftclip will not execute it. If you "
-            f"trust it, convert it once: torch.save(torch.jit.load(f, map_location='cpu')"
-            f".state_dict(), 'weights.pt')"
+            f"downloads), not a weights-only checkpoint; eftclip will not execute it. Convert it "
+            f"once, reading only its tensors: eftclip convert {path} --model NAME "
+            f"--out weights.safetensors (OpenAI's models: NAME-quickgelu, e.g. ViT-B-32-quickgelu)"
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,14 +1,19 @@
-"""Creating CLIP models through open_clip, never downloading weights.
+"""Creating CLIP models through open_clip, with weights from a file or by name.
 
 Every model the project builds goes through :func:`create_model`, which calls
-``open_clip.create_model_and_transforms`` with ``pretrained=None`` (open_clip
-would otherwise fetch weights from a hub) and then, when asked, loads a
-user's local checkpoint through :mod:`eftclip.models.checkpoints`.
+``open_clip.create_model_and_transforms`` without weights and then loads them
+itself: a user's checkpoint file, or the file an open_clip pretrained tag or
+``hf-hub:`` repo names, found (or downloaded) in the hub cache by
+:mod:`eftclip.models.hub`.  Either way the file is read by
+:mod:`eftclip.models.checkpoints` (safetensors, or ``weights_only`` torch
+files), never by a free unpickler.
 
 The project's own tiny architectures live as open_clip JSON configs in
 ``eftclip/models/configs/`` and are registered with
 ``open_clip.add_model_config`` when this package is imported, so that
 ``create_model("eftclip-tiny-vit")`` works like ``create_model("ViT-B-32")``.
+An ``hf-hub:org/name`` architecture is read from the repo's cached
+``open_clip_config.json``.
 """
 
 from __future__ import annotations
@@ -28,8 +33,6 @@ from eftclip.errors import EftclipError
 #: folder of the project's open_clip model configs (``<name>.json``)
 CONFIG_DIR = Path(__file__).with_name("configs")
 
-# schemas that make open_clip fetch configs or weights from the network
-_REMOTE_SCHEMAS = ("hf-hub:",)
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ class ClipBundle:
     preprocess_val: Callable  # PIL RGB -> float tensor (3, S, S), resize + centre crop
     tokenizer: Callable  # list[str] -> LongTensor (N, context_length)
     name: str  # open_clip architecture name, e.g. "eftclip-tiny-vit" or "RN50"
-    checkpoint: str | None = None  # local weights file it was loaded from; None for random init
+    checkpoint: str | None = None  # weights file it was loaded from (a hub cache file for tags); None: random init
+    pretrained: str | None = None  # the open_clip tag or "hf-hub:org/name" the weights were named by, if any
 
     @property
     def context_length(self) -> int:
@@ -90,18 +94,26 @@ def model_config(name: str) -> dict[str, Any]:
 
     Raises :class:`EftclipError` listing similar names when ``name`` is unknown.
     """
-    _check_name(name)
-    cfg = open_clip.get_model_config(name)
-    assert cfg is not None  # _check_name guarantees it
+    cfg = open_clip.get_model_config(_open_clip_name(name))
+    assert cfg is not None  # _open_clip_name guarantees it
     return cfg
 
 
+def _open_clip_name(name: str) -> str:
+    """The name open_clip builds ``name`` by: ``local-dir:<cached snapshot>`` for ``hf-hub:`` names.
+
+    open_clip would fetch an ``hf-hub:`` config ignoring the offline rule and the
+    cache folder of this call; the cached snapshot folder is the same config.
+    """
+    from eftclip.models.hub import hub_config_dir, is_hub_name
+
+    if is_hub_name(name):
+        return f"local-dir:{hub_config_dir(name)}"
+    _check_name(name)
+    return name
+
+
 def _check_name(name: str) -> None:
-    if any(name.startswith(s) for s in _REMOTE_SCHEMAS):
-        raise EftclipError(
-            f"model {name!r}: eftclip never downloads models; give an architecture name "
-            f"and a local checkpoint file instead"
-        )
     if name not in open_clip.list_models():
         known = open_clip.list_models()
         close = [m for m in known if name.lower().split("-")[0] in m.lower()][:8]
@@ -133,35 +145,56 @@ def create_model(
     name: str,
     *,
     checkpoint: str | os.PathLike | None = None,
+    pretrained: str | None = None,
     device: str | torch.device = "cpu",
 ) -> ClipBundle:
-    """Build architecture ``name`` with its transforms and tokenizer.
+    """Build architecture ``name`` with its transforms and tokenizer, and load weights.
 
     Args:
-        name: an open_clip architecture (``"RN50"``, ``"ViT-B-32"``, or a project
-            config such as ``"eftclip-tiny-vit"``).  Never a pretrained tag or a
-            hub name: nothing is downloaded.
+        name: an open_clip architecture (``"RN50"``, ``"ViT-B-32"``, a project
+            config such as ``"eftclip-tiny-vit"``) or ``"hf-hub:org/name"`` (the
+            repo's ``open_clip_config.json``; its weights only with ``pretrained``).
         checkpoint: optional local weights file (safetensors, or a weights-only
             torch file in open_clip, OpenAI or CleanCLIP layout; see
-            :func:`eftclip.models.checkpoints.read_state_dict`).  Without it the
-            model is randomly initialised (by torch's global generator, which
-            this function does not reseed).
+            :func:`eftclip.models.checkpoints.read_state_dict`).
+        pretrained: optional open_clip tag of ``name`` (``"openai"``,
+            ``"laion2b_s34b_b79k"``) or ``"hf-hub:org/name"``: the weights file is
+            taken from the hub cache, downloaded when online and missing
+            (:func:`eftclip.models.hub.resolve_pretrained`), and read like
+            ``checkpoint``.  A tag's preprocessing (mean, std, interpolation)
+            replaces the architecture's.  Not together with ``checkpoint``.
+            Without either the model is randomly initialised (by torch's
+            global generator, which this function does not reseed).
         device: where the model is placed.
 
     Returns:
         A :class:`ClipBundle` whose model is in eval mode.
+
+    Raises:
+        EftclipError: unknown name or tag, weights that do not fit, or weights
+            neither cached nor downloadable (the message says how to get them).
     """
-    _check_name(name)
+    if checkpoint is not None and pretrained is not None:
+        raise EftclipError("give the weights once: a checkpoint file or a pretrained name, not both")
+    overrides: dict = {}
+    if pretrained is not None:
+        from eftclip.models.hub import resolve_pretrained
+
+        found = resolve_pretrained(name, pretrained)
+        name, checkpoint, overrides = found.arch, found.weights, found.preprocess
+    oc_name = _open_clip_name(name)
     with _quiet_open_clip():
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-            name,
+            oc_name,
             pretrained=None,
+            load_weights=False,  # weights come only through checkpoints.load_weights_into
             pretrained_image=False,
             pretrained_text=False,  # HF text towers would otherwise fetch weights
             device="cpu",
+            **overrides,
         )
-    tokenizer = open_clip.get_tokenizer(name)
-    cfg_len = open_clip.get_model_config(name)["text_cfg"].get("context_length")
+        tokenizer = open_clip.get_tokenizer(oc_name)
+    cfg_len = model_config(name)["text_cfg"].get("context_length")
     if cfg_len is not None and int(tokenizer.context_length) != int(cfg_len):
         raise EftclipError(
             f"model {name!r}: tokenizer context length {tokenizer.context_length} differs from "
@@ -179,4 +212,5 @@ def create_model(
         tokenizer=tokenizer,
         name=name,
         checkpoint=None if checkpoint is None else os.fspath(checkpoint),
+        pretrained=pretrained,
     )

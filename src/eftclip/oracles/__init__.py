@@ -15,7 +15,7 @@ from typing import Any, Callable
 from eftclip.errors import EftclipError
 from eftclip.oracles.base import BaseOracle, Found, Oracle, OracleResult
 
-__all__ = ["ORACLES", "BaseOracle", "Found", "Oracle", "OracleResult", "create_oracle"]
+__all__ = ["MODEL_ARGS", "ORACLES", "BaseOracle", "Found", "Oracle", "OracleResult", "create_oracle", "model_kwargs"]
 
 
 def _lazy(module: str, cls: str) -> Callable[..., Oracle]:
@@ -37,15 +37,47 @@ ORACLES: dict[str, Callable[..., Oracle]] = {
     # classnames_path=PATH (one name a line), decoder="fastestdet"; prompts mapped by
     # vocabulary.VocabularyMapper.  Missing file -> EftclipError naming it.
     "onnx-detector": _lazy("onnx_detector", "OnnxDetectorOracle"),
-    # ultralytics FastSAM (extra "fastsam"): weights_path=PATH to local weights; segments
+    # ultralytics FastSAM (extra "fastsam"): weights_path=PATH to local weights, or a release name
+    # (FastSAM-s.pt, FastSAM-x.pt) from ultralytics' weights folder; segments
     # everything, then a clean open_clip model (clip_model=NAME, clip_checkpoint=PATH or
     # clip_bundle=ClipBundle) scores each mask's crop against the prompts.
     "fastsam": _lazy("fastsam", "FastSAMOracle"),
-    # transformers OWLv2 (extra "hf"): model_path=local folder; sam_path=folder adds SAM masks.
+    # transformers OWLv2 (extra "hf"): model_path=local folder or hub id; sam_path=folder or hub id adds SAM masks.
     "owlv2": _lazy("owlv2", "Owlv2Oracle"),
-    # transformers Grounding DINO (extra "hf"): model_path=local folder; sam_path as above.
+    # transformers Grounding DINO (extra "hf"): model_path=local folder or hub id; sam_path as above.
     "grounding-dino": _lazy("grounding_dino", "GroundingDinoOracle"),
 }
+
+
+#: the keyword argument of each backend that names its weights (what --oracle-model sets)
+MODEL_ARGS: dict[str, str] = {
+    "onnx-detector": "model_path",
+    "fastsam": "weights_path",
+    "owlv2": "model_path",
+    "grounding-dino": "model_path",
+}
+
+
+#: backends whose boxes a SAM (sam_path) can refine into masks
+SAM_REFINED = frozenset({"owlv2", "grounding-dino"})
+
+
+def model_kwargs(name: str, model: str | None = None, sam: str | None = None) -> dict[str, str]:
+    """Backend ``name``'s keyword arguments for weights ``model`` (folder, file or hub id) and a SAM.
+
+    ``{}`` when neither is given; EftclipError naming the flag when the backend takes no such weights.
+    """
+    out: dict[str, str] = {}
+    if model is not None:
+        if name not in MODEL_ARGS:
+            raise EftclipError(f"--oracle-model: oracle {name!r} takes no weights; those that do: "
+                               f"{', '.join(sorted(MODEL_ARGS))}")
+        out[MODEL_ARGS[name]] = model
+    if sam is not None:
+        if name not in SAM_REFINED:
+            raise EftclipError(f"--sam-model: only owlv2 and grounding-dino refine boxes with SAM, not {name!r}")
+        out["sam_path"] = sam
+    return out
 
 
 def create_oracle(name: str, **kwargs: Any) -> Oracle:

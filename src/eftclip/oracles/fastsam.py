@@ -5,8 +5,10 @@ FastSAM's own text prompting would pip-install OpenAI's CLIP from git and
 download ViT-B/32 at run time, so it is not used: the masks are scored here by
 a clean CLIP the user supplies through :mod:`eftclip.models`.  Nothing is
 downloaded: ``YOLO_OFFLINE=1`` is set before ultralytics is first imported, the
-weights must be a local file, and the checkpoint is unpickled with ultralytics'
-restricted ``weights_only=True`` loader (only known model classes rebuilt).
+weights must be a local file (a path, or a release name such as ``FastSAM-s.pt``
+found in ultralytics' weights folder, its cache), and the checkpoint is
+unpickled with ultralytics' restricted ``weights_only=True`` loader (only known
+model classes rebuilt).
 """
 
 from __future__ import annotations
@@ -35,6 +37,36 @@ def _import_ultralytics():
     return FastSAM, tasks
 
 
+def _ultralytics_weights_dir() -> Path:
+    """ultralytics' weights folder (its ``weights_dir`` setting), where it keeps downloaded releases."""
+    from ultralytics.utils import SETTINGS
+
+    return Path(SETTINGS["weights_dir"])
+
+
+def _weights_file(weights_path: str | os.PathLike) -> Path:
+    """FastSAM weights as a path: a file, or a bare release name looked up in ultralytics' weights folder.
+
+    A bare name that is not there is an EftclipError saying where to put it: FastSAM
+    releases come from GitHub, not a hub with an offline switch, so eftclip never fetches them.
+    """
+    path = Path(weights_path)
+    if path.is_file():
+        return path
+    if os.fspath(weights_path) == path.name and path.suffix == ".pt":  # "FastSAM-s.pt", no folder part
+        _import_ultralytics()
+        folder = _ultralytics_weights_dir()
+        if (folder / path.name).is_file():
+            return folder / path.name
+        raise EftclipError(
+            f"FastSAM weights {path.name!r}: not a file here, nor in ultralytics' weights folder {folder}; "
+            f"eftclip does not download them. Fetch {path.name} from "
+            f"https://github.com/ultralytics/assets/releases on a machine with network, then put it in that "
+            f"folder or pass its path (--oracle-model FILE)"
+        )
+    raise EftclipError(f"{path}: FastSAM weights file not found")
+
+
 @contextlib.contextmanager
 def _restricted_unpickling(tasks):
     # ultralytics' opt-in weights_only loader; its switch is a module constant read per load
@@ -54,7 +86,8 @@ def _restricted_unpickling(tasks):
 class FastSAMOracle(BaseOracle):
     """FastSAM segment-everything + clean-CLIP naming of the masks.
 
-    ``weights_path``: local FastSAM weights (``FastSAM-x.pt``/``FastSAM-s.pt``).
+    ``weights_path``: local FastSAM weights: a path, or ``FastSAM-x.pt``/``FastSAM-s.pt``
+    as ultralytics keeps them in its weights folder (never downloaded here).
     Clean CLIP (one of): ``clip_checkpoint`` (+ ``clip_model``, the open_clip
     architecture, when no side file records it) or ``clip_bundle`` (a ClipBundle).
     ``vocabulary``/``templates``: names scored alongside the prompts, caption templates.
@@ -94,9 +127,7 @@ class FastSAMOracle(BaseOracle):
         device: str = "cpu",
     ):
         super().__init__(min_score=min_score)
-        weights = Path(weights_path)
-        if not weights.is_file():
-            raise EftclipError(f"{weights}: FastSAM weights file not found")
+        weights = _weights_file(weights_path)
         FastSAM, tasks = _import_ultralytics()
         if weights.suffix != ".pt":
             raise EftclipError(f"{weights}: FastSAM weights must be an ultralytics .pt file")

@@ -6,17 +6,18 @@ import os
 
 import numpy as np
 
-from eftclip.oracles._hf import import_transformers, load_pretrained, local_folder
+from eftclip.oracles._hf import import_transformers, load_pretrained, model_source
 from eftclip.oracles.base import BaseOracle, Found, OracleResult, chunks, clip_box
 
 
 class GroundingDinoOracle(BaseOracle):
-    """``GroundingDinoForObjectDetection`` + ``AutoProcessor`` from a local folder.
+    """``GroundingDinoForObjectDetection`` + ``AutoProcessor`` from a local folder or the hub.
 
-    ``model_path``: a ``save_pretrained`` folder holding model, image processor and
+    ``model_path``: a ``save_pretrained`` folder (or a hub id such as
+    ``IDEA-Research/grounding-dino-tiny``, through the hub cache) holding model, image processor and
     tokenizer.  ``min_score``: the box threshold of the post-processing (theta is
-    the caller's).  ``batch_size``: images per forward pass.  ``sam_path``: a local
-    SAM folder for mask refinement.
+    the caller's).  ``batch_size``: images per forward pass.  ``sam_path``: a
+    SAM folder or hub id for mask refinement.
 
     The prompts of an image are joined into Grounding DINO's caption
     ("dog. red car."); a box's score is the post-processing's (its best token's
@@ -37,7 +38,7 @@ class GroundingDinoOracle(BaseOracle):
     ):
         super().__init__(min_score=min_score)
         tf = import_transformers("the Grounding DINO oracle")
-        folder = local_folder(model_path, "Grounding DINO")
+        folder = model_source(model_path, "Grounding DINO")
         self.processor = load_pretrained(tf.AutoProcessor, folder, "Grounding DINO processor")
         self.model = load_pretrained(tf.GroundingDinoForObjectDetection, folder, "Grounding DINO model").eval().to(device)
         self.device = device

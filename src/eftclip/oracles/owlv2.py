@@ -7,17 +7,19 @@ import os
 import numpy as np
 
 from eftclip.errors import EftclipError
-from eftclip.oracles._hf import import_transformers, load_pretrained, local_folder
+from eftclip.oracles._hf import import_transformers, load_pretrained, model_source
 from eftclip.oracles.base import BaseOracle, Found, OracleResult, chunks, clip_box
 
 
 class Owlv2Oracle(BaseOracle):
-    """``Owlv2ForObjectDetection`` + ``Owlv2Processor`` from a local folder.
+    """``Owlv2ForObjectDetection`` + ``Owlv2Processor`` from a local folder or the hub.
 
-    ``model_path``: a ``save_pretrained`` folder holding both.  ``query_template``:
+    ``model_path``: a ``save_pretrained`` folder holding both, or a hub id such as
+    ``google/owlv2-base-patch16-ensemble`` (through the hub cache; see
+    :mod:`eftclip.oracles._hf` for the offline rule).  ``query_template``:
     how a prompt becomes a text query (one ``{}``).  ``min_score``: the
     post-processing threshold (theta is the caller's).  ``batch_size``: images
-    per forward pass.  ``sam_path``: a local SAM folder; when given, each box is
+    per forward pass.  ``sam_path``: a SAM folder or hub id; when given, each box is
     refined into a mask (see :class:`~eftclip.oracles.sam.SamRefiner`).
 
     Scores and boxes come from ``post_process_grounded_object_detection``: each
@@ -40,7 +42,7 @@ class Owlv2Oracle(BaseOracle):
     ):
         super().__init__(min_score=min_score)
         tf = import_transformers("the OWLv2 oracle")
-        folder = local_folder(model_path, "OWLv2")
+        folder = model_source(model_path, "OWLv2")
         if query_template.count("{}") != 1:
             raise EftclipError(f"query_template must contain one '{{}}', got {query_template!r}")
         self.processor = load_pretrained(tf.Owlv2Processor, folder, "OWLv2 processor")

@@ -7,20 +7,20 @@ from typing import Sequence
 
 import numpy as np
 
-from eftclip.oracles._hf import import_transformers, load_pretrained, local_folder
+from eftclip.oracles._hf import import_transformers, load_pretrained, model_source
 
 
 class SamRefiner:
     """Turn XYXY pixel boxes into HW bool masks with a local SAM checkpoint.
 
-    ``sam_path``: a folder holding a ``SamModel`` and its ``SamProcessor``
+    ``sam_path``: a folder (or a hub id such as ``facebook/sam-vit-base``) holding a ``SamModel`` and its ``SamProcessor``
     (``save_pretrained``).  ``device``: where SAM runs.  ``mask_threshold``:
     logit threshold for binarising the upscaled masks.
     """
 
     def __init__(self, sam_path: str | os.PathLike, *, device: str = "cpu", mask_threshold: float = 0.0):
         tf = import_transformers("SAM mask refinement")
-        folder = local_folder(sam_path, "SAM")
+        folder = model_source(sam_path, "SAM")
         self.processor = load_pretrained(tf.SamProcessor, folder, "SAM processor")
         self.model = load_pretrained(tf.SamModel, folder, "SAM model").eval().to(device)
         self.device = device

@@ -1,4 +1,5 @@
-"""The demo's (and study's) report: paper-shaped tables, detection figures, plots."""
+"""The one report writer of every experiment (demo and study): paper-shaped tables per cell,
+the matrix statistics with their paired comparisons in words, the goals, figures."""
 
 from __future__ import annotations
 
@@ -15,9 +16,15 @@ ROW_NAMES = {
     "poisoned": "Poisoned CLIP",
     "cleanclip": "CleanCLIP (random subset, same size)",
     "cleanclip_large": "CleanCLIP (random subset, larger)",
-    "eftclip": "EftCLIP (curated set)",
+    "eftclip": "EftCLIP (second look, unlearning pairs)",
+    "eftclip_paper": "EftCLIP as in the paper (curated set)",
     "eftclip_repair": "EftCLIP + repair pairs (flagged images, oracle captions)",
+    "roclip": "RoCLIP (pre-training defense)",
 }
+
+
+def row_name(name: str) -> str:
+    return ROW_NAMES.get(name, name)
 
 
 def results_table(metrics: dict, title: str) -> Table:
@@ -26,11 +33,9 @@ def results_table(metrics: dict, title: str) -> Table:
                   percent=["CA", "ASR"])
     table.add(Model=ROW_NAMES["clean"], CA=metrics["clean"]["ca"], ASR=metrics["clean"]["asr"])
     table.add(Model=ROW_NAMES["poisoned"], CA=metrics["poisoned"]["ca"], ASR=metrics["poisoned"]["asr"])
-    for name in ("cleanclip", "cleanclip_large", "eftclip", "eftclip_repair"):
-        d = metrics["defenses"].get(name)
-        if d:
-            table.add(Model=ROW_NAMES[name], CA=d["ca"], ASR=d["asr"], **{
-                "fine-tuning pairs": d["finetune_pairs"], "seconds": d["seconds"]})
+    for name, d in metrics["defenses"].items():
+        table.add(Model=row_name(name), CA=d["ca"], ASR=d["asr"], **{
+            "fine-tuning pairs": d["finetune_pairs"], "seconds": d["seconds"]})
     return table
 
 
@@ -71,24 +76,25 @@ def profile_table(profile: dict[str, int]) -> Table:
 
 
 def verdict(metrics: dict) -> list[str]:
-    """Plain sentences comparing EftCLIP with CleanCLIP at the same size, whatever they show."""
+    """Plain sentences comparing the defense under test with CleanCLIP at the same size, whatever they show."""
+    from eftclip.pipeline.goals import under_test
+
     lines = []
-    e, c = metrics["defenses"].get("eftclip"), metrics["defenses"].get("cleanclip")
+    name = under_test(metrics["defenses"])
+    e, c = metrics["defenses"].get(name) if name else None, metrics["defenses"].get("cleanclip")
     p = metrics["poisoned"]
     if e and c and e["asr"] is not None and c["asr"] is not None:
         if e["asr"] < c["asr"]:
-            lines.append(f"At the same fine-tuning size ({e['finetune_pairs']} pairs), EftCLIP's curated set left a "
+            lines.append(f"At the same fine-tuning size ({e['finetune_pairs']} pairs), {name} left a "
                          f"lower ASR ({format_fraction(e['asr'])}) than CleanCLIP's random subset "
                          f"({format_fraction(c['asr'])}).")
         else:
-            lines.append(f"At the same fine-tuning size ({e['finetune_pairs']} pairs), EftCLIP did NOT beat "
+            lines.append(f"At the same fine-tuning size ({e['finetune_pairs']} pairs), {name} did NOT beat "
                          f"CleanCLIP: ASR {format_fraction(e['asr'])} against {format_fraction(c['asr'])}.")
         if p["asr"] and min(e["asr"], c["asr"]) > 0.5 * p["asr"]:
-            lines.append("Neither fine-tune removed most of the backdoor. Both use the same objective and budget, "
-                         "and the curated set only changes which labels its clean pairs show; clean pairs never "
-                         "show the trigger, so the trigger's link to the target is only weakened indirectly.")
+            lines.append("Neither fine-tune removed most of the backdoor.")
     if e and p["ca"] is not None and e["ca"] is not None:
-        lines.append(f"EftCLIP's CA moved by {100 * (e['ca'] - p['ca']):+.1f} points from the poisoned model's.")
+        lines.append(f"{name}'s CA moved by {100 * (e['ca'] - p['ca']):+.1f} points from the poisoned model's.")
     r = metrics["defenses"].get("eftclip_repair")
     if r and r["asr"] is not None and r["ca"] is not None:
         lines.append(f"With repair pairs (flagged, triggered detection images captioned with the oracle's labels; "
@@ -97,104 +103,107 @@ def verdict(metrics: dict) -> list[str]:
     return lines
 
 
-def goal_checks(metrics: dict) -> list[dict]:
-    """The demo's acceptance goals (the issue that specified the demo), each with its measured value.
-
-    Returns ``[{"goal", "measured", "met"}]``; ``met`` is None when a value is missing.
-    """
-    c, p, d = metrics["clean"], metrics["poisoned"], metrics["detection"]
-    e = metrics["defenses"].get("eftclip", {})
-
-    def check(goal: str, measured: str, ok: Any) -> dict:
-        return {"goal": goal, "measured": measured, "met": None if ok is None else bool(ok)}
-
-    def num(x: Any) -> str:
-        return "n/a" if x is None else f"{x:.3f}"
-
-    def have(*xs: Any) -> bool:
-        return all(x is not None for x in xs)
-
-    return [
-        check("poisoned ASR >= 0.90", num(p["asr"]), p["asr"] >= 0.90 if have(p["asr"]) else None),
-        check("poisoned CA >= 0.60 and within 0.03 of the clean CA",
-              f"{num(p['ca'])} (clean {num(c['ca'])})",
-              p["ca"] >= 0.60 and c["ca"] - p["ca"] <= 0.03 if have(p["ca"], c["ca"]) else None),
-        check("detection finds the target", str(d["target_found"]), d["target_found"]),
-        check("detection rate >= 0.85", num(d["detection_rate"]),
-              d["detection_rate"] >= 0.85 if have(d["detection_rate"]) else None),
-        check("false-positive rate <= 0.05", num(d["false_positive_rate"]),
-              d["false_positive_rate"] <= 0.05 if have(d["false_positive_rate"]) else None),
-        check("EftCLIP ASR <= 0.10", num(e.get("asr")), e.get("asr") <= 0.10 if have(e.get("asr")) else None),
-        check("EftCLIP CA >= poisoned CA - 0.03", f"{num(e.get('ca'))} (poisoned {num(p['ca'])})",
-              e.get("ca") >= p["ca"] - 0.03 if have(e.get("ca"), p["ca"]) else None),
-        check("the demo's stages take at most 15 minutes", f"{metrics.get('seconds', 0):.0f} s",
-              metrics.get("seconds", 0) <= 900 if not metrics.get("quick") else None),
-    ]
-
-
 def goals_markdown(goals: list[dict]) -> list[str]:
     mark = {True: "met", False: "**missed**", None: "n/a"}
     return ["| goal | measured | |", "|---|---|---|",
-            *[f"| {g['goal']} | {g['measured']} | {mark[g['met']]} |" for g in goals]]
+            *[f"| {g['goal']} | {g['measured']} | {mark[g['met']]} |" for g in goals], ""]
 
 
-def write_demo_report(out: Path, metrics: dict, *, before: dict, after: dict, detection: dict,
-                      curated: dict) -> dict:
-    """Write ``report.md``, ``tables/*`` (Markdown, CSV, JSON) and ``figures/*.png`` under ``out``."""
-    out = Path(out)
-    tables = out / "tables"
-    figures = out / "figures"
+def _stat(s: dict) -> str:
+    if s.get("mean") is None:
+        return "n/a"
+    ci = s.get("ci95")
+    text = f"{100 * s['mean']:.1f}"
+    return text + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def summary_tables(summary: dict) -> tuple[Table, Table]:
+    """Mean and 95% interval (percent) per model and attack; paired differences per comparison."""
+    stats = Table(title="CA and ASR per attack: mean over cells [95% interval], percent",
+                  columns=["model", "attack", "n", "pairs", "CA", "ASR"])
+    for attack, p in summary["poisoned"].items():
+        stats.add(model="poisoned", attack=attack, n=p["ca"]["n"], pairs="", CA=_stat(p["ca"]), ASR=_stat(p["asr"]))
+    for name, per_attack in summary["defenses"].items():
+        for attack, s in per_attack.items():
+            stats.add(model=name, attack=attack, n=s["ca"]["n"], pairs=s["pairs"], CA=_stat(s["ca"]),
+                      ASR=_stat(s["asr"]))
+    paired = Table(title="Paired differences (defense - baseline, same cells): mean [95% interval], points",
+                   columns=["comparison", "attack", "n", "CA diff", "ASR diff", "ASR resolved"])
+    from eftclip.pipeline.statistics import resolved
+
+    for pair, per_attack in summary["paired"].items():
+        for attack, s in per_attack.items():
+            r = resolved(s["asr"])
+            paired.add(comparison=pair, attack=attack, n=s["asr"]["n"], **{
+                "CA diff": _stat(s["ca"]), "ASR diff": _stat(s["asr"]),
+                "ASR resolved": "n/a" if r is None else ("yes" if r else "no")})
+    return stats, paired
+
+
+def write_cell_report(folder: Path, m: dict, *, detection_dir: str | None, curated: dict | None) -> list[str]:
+    """One cell's tables and figures under ``folder``; returns its Markdown section."""
+    tables, figures = folder / "tables", folder / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    main = results_table(metrics, "Tables 2/3: CA and ASR on the world's zero-shot set "
-                                  f"({metrics['attack']['name']} trigger, target '{metrics['target']}')")
-    per_attack = attack_table([metrics])
-    det = detection_table(metrics)
-    prof = profile_table(metrics["detection"]["affected_labels"])
-    for stem, table in (("results", main), ("attack", per_attack), ("detection", det), ("affected_labels", prof)):
+    main = results_table(m, f"{m['cell']}: CA and ASR ({m['attack']['name']} trigger, target '{m['target']}', "
+                            f"seed {m['seed']}, {m['poisoned_pairs']} poisoned pairs)")
+    det = detection_table(m)
+    prof = profile_table(m["detection"]["affected_labels"])
+    for stem, table in (("results", main), ("detection", det), ("affected_labels", prof)):
         write_table(table, tables / stem)
-    bars = {ROW_NAMES["clean"].split(" (")[0]: metrics["clean"], "Poisoned": metrics["poisoned"]}
-    for name, d in metrics["defenses"].items():
-        bars[{"eftclip": "EftCLIP", "cleanclip": "CleanCLIP", "cleanclip_large": "CleanCLIP (large)",
-              "eftclip_repair": "EftCLIP + repair"}[name]] = d
-    ca_asr_bars(bars, figures / "ca_asr.png")
-    fig7 = Path(detection["dir"]) / "figure7.png"
-    if fig7.exists():
+    ca_asr_bars({"Clean": m["clean"], "Poisoned": m["poisoned"], **m["defenses"]}, figures / "ca_asr.png",
+                title=f"{m['cell']}: CA and ASR")
+    fig7 = Path(detection_dir) / "figure7.png" if detection_dir else None
+    if fig7 is not None and fig7.exists():
         shutil.copyfile(fig7, figures / "figure7.png")
+    shares = (curated or {}).get("manifest", {}).get("realised_shares") or {}
+    section = [f"## {m['cell']}", "", f"Attack **{m['attack']['name']}** {m['attack']['params']}, target "
+            f"**{m['target']}**, seed {m['seed']}.", "", main.markdown(), *verdict(m), "",
+            "### Goals", "", *goals_markdown(m["goals"]), det.markdown(), prof.markdown(),
+            f"Paper-curated set's realised label shares: {shares}" if shares else "", "",
+            f"![CA and ASR](cells/{folder.name}/figures/ca_asr.png)", ""]
+    from eftclip.io import write_json
 
-    shares = curated["manifest"].get("realised_shares") or curated["manifest"].get("shares") or {}
-    lines = [
-        "# eftclip demo report",
-        "",
-        f"Attack: **{metrics['attack']['name']}** {metrics['attack']['params']}, target **{metrics['target']}**, "
-        f"seed {metrics['seed']}{' (quick variant: only the direction of each effect is meaningful)' if metrics.get('quick') else ''}.",
-        f"Total time: {metrics['seconds']:.0f} s.",
-        "",
-        "ASR is the share of triggered zero-shot images whose true class is not the target that the model "
-        "assigns to the target; CA is top-1 zero-shot accuracy on clean images.",
-        "",
-        main.markdown(),
-        *verdict(metrics),
-        "",
-        "## Goals",
-        "",
-        *goals_markdown(goal_checks(metrics)),
-        "",
-        per_attack.markdown(),
-        det.markdown(),
-        prof.markdown(),
-        f"Curated fine-tuning set: {metrics['defenses'].get('eftclip', {}).get('finetune_pairs')} pairs; "
-        f"realised label shares: {shares}" if shares else "",
-        "",
-        "![CA and ASR](figures/ca_asr.png)",
-        "",
-        "![Figure 7: CLIP's list beside the oracle's boxes](figures/figure7.png)" if fig7.exists() else "",
-        "",
-        "## Stage times (s)",
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k} | {v:.1f} |" for k, v in metrics.get("stage_seconds", {}).items()],
-        "",
-    ]
+    write_json(folder / "metrics.json", m)
+    write_text(folder / "report.md", "\n".join(section).replace(f"](cells/{folder.name}/", "]("))
+    return section
+
+
+def write_experiment_report(out: Path, metrics: dict, *, plan, cells, results) -> dict:
+    """``report.md``, ``summary.json``, ``tables/*`` (Markdown, CSV, JSON), ``figures/*`` and one
+    folder per cell under ``cells/``."""
+    from eftclip.io import write_json
+    from eftclip.pipeline.statistics import sentences
+    from eftclip.reporting.plots import matrix_bars
+
+    out = Path(out)
+    write_json(out / "summary.json", metrics["summary"])
+    stats, paired = summary_tables(metrics["summary"])
+    write_table(stats, out / "tables" / "summary")
+    write_table(paired, out / "tables" / "paired")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    s = metrics["summary"]
+    matrix_bars({"poisoned": s["poisoned"], **s["defenses"]}, out / "figures" / "matrix.png")
+    sections = []
+    for m, cell in zip(metrics["cells"], cells):
+        detection = results[cell.ids["detect"]]
+        curated = results.get(cell.ids.get("set:eftclip_paper", ""))
+        sections += write_cell_report(out / "cells" / m["cell"], m, detection_dir=detection.get("dir"),
+                                      curated=curated)
+    lines = [f"# {metrics['name']}", "", *_head(metrics), "## Matrix: means over cells, 95% intervals", "",
+             stats.markdown(), paired.markdown(), *[f"- {x}" for x in sentences(s)], "",
+             "![matrix](figures/matrix.png)", "", "## Repair goals (eftclip, over the matrix)", "",
+             *goals_markdown(metrics["goals"]), *sections]
     write_text(out / "report.md", "\n".join(lines))
-    return {"report": str(out / "report.md"), "tables": str(tables), "figures": str(figures)}
+    return {"report": "report.md"}
+
+
+def _head(metrics: dict) -> list[str]:
+    mach = metrics.get("machine") or {}
+    return [f"Command: `{metrics.get('command') or '(Python API)'}`", "",
+            f"Machine: {mach.get('cpu')} (flags {', '.join(mach.get('cpu_flags') or []) or 'none'}), "
+            f"{mach.get('nproc')} usable cores, {mach.get('memory_gib')} GiB, load average at start "
+            f"{mach.get('load_average')}, GPU {mach.get('gpu') or 'none'}; torch {mach.get('torch')}.", "",
+            f"Wall time of the run {metrics['wall_seconds']:.0f} s; compute time of all stages "
+            f"{metrics['compute_seconds']:.0f} s.{' Quick preset: only the direction of each effect is meaningful.' if metrics.get('quick') else ''}",
+            "", "CA: top-1 zero-shot accuracy on clean images. ASR: share of triggered images whose true class is "
+            "not the target that the model assigns to the target.", ""]

@@ -44,32 +44,7 @@ class StageRunner:
 
     # -- output folder ------------------------------------------------------------
     def _claim(self, *, resume: bool, force: bool) -> None:
-        run_file = self.out / "run.json"
-        if self.out.exists() and any(self.out.iterdir()):
-            if force:
-                for child in self.out.iterdir():
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child)
-                    else:
-                        child.unlink()
-            elif not run_file.exists():
-                raise EftclipError(
-                    f"{self.out}: folder is not empty and holds no eftclip {self.kind} run; "
-                    "choose another --out, or pass --force to delete its contents")
-            else:
-                previous = read_json(run_file)
-                if previous.get("kind") != self.kind:
-                    raise EftclipError(
-                        f"{self.out}: holds an eftclip {previous.get('kind')!r} run, not a {self.kind}; "
-                        "choose another --out, or pass --force to delete it")
-                if previous.get("config") != self.config and not resume:
-                    diff = sorted(_diff_keys(previous.get("config", {}), self.config))
-                    raise EftclipError(
-                        f"{self.out}: holds a {self.kind} run with another configuration "
-                        f"(differs in: {', '.join(diff[:8])}); pass --resume to continue it with the "
-                        "new settings (finished stages are kept) or --force to start over")
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_json(run_file, {"kind": self.kind, "config": self.config})
+        claim_folder(self.out, kind=self.kind, config=self.config, resume=resume, force=force)
 
     # -- stages -----------------------------------------------------------------------
     def done(self, name: str) -> bool:
@@ -164,6 +139,49 @@ class StageRunner:
         """Wall time of all stages, counting stages finished in earlier invocations
         (stages run side by side count their share of the group's wall time)."""
         return float(sum(self.seconds.values()))
+
+
+def claim_folder(out: Path, *, kind: str, config: dict[str, Any], resume: bool, force: bool) -> None:
+    """Make ``out`` this run's folder: refuse one that holds another run or other files.
+
+    ``resume`` continues a run of the same kind made with another configuration (finished
+    stages are kept); ``force`` deletes the folder's contents first.  Writes ``run.json``.
+    """
+    out = Path(out)
+    config = json.loads(json.dumps(config))  # plain JSON data, comparable
+    run_file = out / "run.json"
+    if out.exists() and any(out.iterdir()):
+        if not run_file.exists():
+            raise EftclipError(
+                f"{out}: folder is not empty and holds no eftclip {kind} run; choose another --out "
+                "(--force deletes only a folder eftclip made)")
+        if force:
+            _empty(out)
+        else:
+            _check_previous(out, read_json(run_file), kind=kind, config=config, resume=resume)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(run_file, {"kind": kind, "config": config})
+
+
+def _empty(out: Path) -> None:
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _check_previous(out: Path, previous: dict, *, kind: str, config: dict, resume: bool) -> None:
+    if previous.get("kind") != kind:
+        raise EftclipError(
+            f"{out}: holds an eftclip {previous.get('kind')!r} run, not a {kind}; "
+            "choose another --out, or pass --force to delete it")
+    if previous.get("config") != config and not resume:
+        diff = sorted(_diff_keys(previous.get("config", {}), config))
+        raise EftclipError(
+            f"{out}: holds a {kind} run with another configuration "
+            f"(differs in: {', '.join(diff[:8])}); pass --resume to continue it with the "
+            "new settings (finished stages are kept) or --force to start over")
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ def pretrain(ctx: Context, name: str, csv: str, recipe: Any, *, train_args: dict
     cfg = TrainConfig(
         data=csv, model=recipe.model, out=str(out), epochs=recipe.epochs, batch_size=recipe.batch_size,
         lr=recipe.lr, warmup=recipe.warmup, weight_decay=recipe.weight_decay, seed=ctx.seed,
-        crop_scale_min=getattr(recipe, "crop_scale_min", 0.9),
+        crop_scale_min=recipe.crop_scale_min,
         device=_device(ctx), progress=ctx.progress,
         resume=(out / "config.yaml").exists(), **(train_args or {}),
     )
@@ -156,15 +156,17 @@ def pretrain(ctx: Context, name: str, csv: str, recipe: Any, *, train_args: dict
 
 def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *, subset: int | None = None,
              train_args: dict | None = None) -> dict:
-    """``train_args``: further :class:`FinetuneConfig` fields (workers, cache_images, ...)."""
+    """``recipe``: a FinetuneRecipe; ``train_args``: further :class:`FinetuneConfig` fields
+    (objective, anchor_weight, workers, cache_images, ...)."""
     from eftclip.training import FinetuneConfig, finetune as run_finetune
 
     out = ctx.out / "defenses" / name
+    args = {"objective": recipe.objective, **(train_args or {})}
     cfg = FinetuneConfig(
-        checkpoint=checkpoint, data=csv, out=str(out), objective="cleanclip", subset=subset,
+        checkpoint=checkpoint, data=csv, out=str(out), subset=subset,
         subset_seed=ctx.seed, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
         warmup=recipe.warmup, seed=ctx.seed, device=_device(ctx), progress=ctx.progress,
-        resume=(out / "config.yaml").exists(), **(train_args or {}),
+        resume=(out / "config.yaml").exists(), **args,
     )
     t0 = time.perf_counter()
     summary = run_finetune(cfg)
@@ -251,15 +253,17 @@ def read_profile(path: Path) -> dict[str, int]:
         return {row["label"]: int(row["count"]) for row in csv.DictReader(fh)}
 
 
-def curate(ctx: Context, detection_dir: str, recipe: Any, *, repair_share: float = 0.0,
-           name: str = "curated") -> dict:
-    """``repair_share``: share of the set taken from flagged images with the oracle's labels (0 = the paper's set)."""
+def curate(ctx: Context, detection_dir: str, *, size: int, unaffected_ratio: float, repair_share: float = 0.0,
+           name: str = "curated", **options: Any) -> dict:
+    """The compact set of ``size`` pool pairs (see :func:`eftclip.curation.curate`); ``repair_share``:
+    share taken from flagged images with the oracle's labels (0 = the paper's set); ``options``:
+    further curate() arguments."""
     from eftclip.curation import curate as run_curate
 
     out = ctx.out / name
-    manifest = run_curate(detection_dir, ctx.world["pool_csv"], size=recipe.size,
-                          unaffected_ratio=recipe.unaffected_ratio, out=out, seed=ctx.seed,
-                          repair_share=repair_share)
+    manifest = run_curate(detection_dir, ctx.world["pool_csv"], size=size,
+                          unaffected_ratio=unaffected_ratio, out=out, seed=ctx.seed,
+                          repair_share=repair_share, **options)
     return {"csv": str(manifest.get("csv", out / "finetune.csv")), "manifest": _jsonable(manifest)}
 
 

@@ -81,3 +81,41 @@ def attack_panel(rows: Sequence[Mapping[str, float | str | None]], path: str | o
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
+
+
+def matrix_bars(stats: Mapping[str, Mapping[str, Mapping[str, dict]]], path: str | os.PathLike, *,
+                title: str = "Mean over seeds, with 95% intervals") -> Path:
+    """Two panels (CA, ASR): per attack, one bar per model with its 95% interval as an error bar.
+
+    ``stats`` maps a model name to ``{attack: {"ca": stat, "asr": stat}}`` where each stat
+    is ``{"mean", "ci95": [lo, hi] | None}`` (fractions); a missing interval draws no bar end.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(stats)
+    attacks = list(dict.fromkeys(a for m in models for a in stats[m]))
+    width = 0.8 / max(1, len(models))
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.5 * len(attacks) * 2 + 2), 3.8))
+    for ax, metric in zip(axes, ("ca", "asr")):
+        for i, model in enumerate(models):
+            cells = [stats[model].get(a, {}).get(metric) or {} for a in attacks]
+            means = np.array([c.get("mean") if c.get("mean") is not None else np.nan for c in cells], dtype=float)
+            err = np.array([[m - c["ci95"][0], c["ci95"][1] - m] if c.get("ci95") else [0.0, 0.0]
+                            for m, c in zip(means, cells)]).T
+            ax.bar(np.arange(len(attacks)) + (i - (len(models) - 1) / 2) * width, means, width, yerr=err,
+                   capsize=2, label=model)
+        ax.set_xticks(np.arange(len(attacks)), attacks)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{metric.upper()} {'↑' if metric == 'ca' else '↓'}")
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return path

@@ -22,11 +22,15 @@ _COMMENT = re.compile(r"^\s+(\w+):\s*[^=]+=.*?#\s*(.+)$")
 
 
 def _field_help(cls: type) -> dict[str, str]:
+    """The comment beside each field, read from ``cls`` and the config pieces it is composed of."""
     out = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = _COMMENT.match(line)
-        if m:
-            out[m.group(1)] = m.group(2).strip()
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        for line in inspect.getsource(klass).splitlines():
+            m = _COMMENT.match(line)
+            if m:
+                out[m.group(1)] = m.group(2).strip()
     return out
 
 

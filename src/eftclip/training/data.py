@@ -93,11 +93,10 @@ class PairDataset:
         progress: bool = True,
         crop_scale: tuple[float, float] = (0.9, 1.0),
     ):
-        if mode not in ("clip", "cleanclip", "finetune-clip", "roclip"):
-            raise ValueError(f"unknown dataset mode {mode!r}")
-        if mode == "cleanclip" or (mode == "roclip" and augment):
-            if eda is None:
-                raise ValueError(f"mode {mode!r} needs an EDA instance")
+        if mode not in ITEM_KINDS:
+            raise ValueError(f"unknown dataset mode {mode!r} (known: {', '.join(ITEM_KINDS)})")
+        if ITEM_KINDS[mode].needs_eda(augment) and eda is None:
+            raise ValueError(f"mode {mode!r} needs an EDA instance")
         self.pairs = pairs
         self.image_size = image_size
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
@@ -138,21 +137,45 @@ class PairDataset:
         gen = torch.Generator().manual_seed(sample_seed(self.seed, epoch, i))
         rng = np.random.default_rng([self.seed, epoch, i, 11])
         item: dict[str, Any] = {"text": caption}
-        if self.mode == "clip":
-            item["image"] = image if self.crop_scale[0] >= 1.0 else _random_resized_crop(image, gen, scale=self.crop_scale)
-        elif self.mode == "finetune-clip":
-            item["image"] = image
-        elif self.mode == "cleanclip":
-            item["image"] = image
-            item["aug_image"] = self.autoaugment(image, gen)
-            item["aug_text"] = self.eda.augment(caption, rng)
-        else:  # roclip
-            if self.augment:
-                item["image"] = simclr_augment(image, gen)
-                item["text"] = self.eda.augment(caption, rng)
-            else:
-                item["image"] = image
+        item.update(ITEM_KINDS[self.mode].make(self, image, caption, gen, rng))
         return item
+
+
+# ---------------------------------------------------------------- what an item holds, per mode
+
+
+@dataclass(frozen=True)
+class ItemKind:
+    """How a dataset mode turns one pair into an item (beside ``text``, the caption)."""
+
+    make: Callable[["PairDataset", torch.Tensor, str, torch.Generator, np.random.Generator], dict]  # -> item fields
+    needs_eda: Callable[[bool], bool]  # (augment) -> whether the mode varies captions with EDA
+
+
+def _plain_item(ds: "PairDataset", image, caption, gen, rng) -> dict:
+    return {"image": image}
+
+
+def _crop_item(ds: "PairDataset", image, caption, gen, rng) -> dict:
+    return {"image": image if ds.crop_scale[0] >= 1.0 else _random_resized_crop(image, gen, scale=ds.crop_scale)}
+
+
+def _cleanclip_item(ds: "PairDataset", image, caption, gen, rng) -> dict:
+    return {"image": image, "aug_image": ds.autoaugment(image, gen), "aug_text": ds.eda.augment(caption, rng)}
+
+
+def _roclip_item(ds: "PairDataset", image, caption, gen, rng) -> dict:
+    if not ds.augment:
+        return {"image": image}
+    return {"image": simclr_augment(image, gen), "text": ds.eda.augment(caption, rng)}
+
+
+ITEM_KINDS: dict[str, ItemKind] = {
+    "clip": ItemKind(_crop_item, lambda augment: False),
+    "finetune-clip": ItemKind(_plain_item, lambda augment: False),
+    "cleanclip": ItemKind(_cleanclip_item, lambda augment: True),
+    "roclip": ItemKind(_roclip_item, lambda augment: augment),
+}
 
 
 def _random_resized_crop(img: torch.Tensor, gen: torch.Generator, scale: tuple[float, float]) -> torch.Tensor:

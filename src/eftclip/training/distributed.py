@@ -49,6 +49,8 @@ def world_from_env(env: dict[str, str] | None = None) -> tuple[int, int, int]:
                 local = int(env.get(local_key, "0"))
             except ValueError as exc:
                 raise EftclipError(f"environment: {world_key}/{rank_key} are not integers ({exc})") from exc
+            if world < 1 or not 0 <= rank < world:
+                raise EftclipError(f"environment: bad {rank_key}={rank} / {world_key}={world}")
             return rank, local, world
     return 0, 0, 1
 

@@ -11,14 +11,15 @@ What one optimiser step does (open_clip's ``train_one_epoch`` semantics):
   replaced, so the contrastive batch is the whole accumulated batch;
 * ``logit_scale`` is clamped to ``[0, ln 100]`` after the step.
 
+The loss comes from the run's objectives (:mod:`eftclip.training.objectives`,
+named by the config); the loop knows none of them by name.  A step whose
+loss or gradient norm is not finite stops the run with an error naming the
+step and the lr, before anything is saved: the last good checkpoint stays the
+latest (:func:`check_finite`).
+
 Resuming (``resume=True``): a run checkpoints at the end of every epoch, and
-every ``save_every_steps`` optimiser steps inside an epoch when asked.  A
-checkpoint is the weights (``checkpoints/<tag>.safetensors`` + ``.json`` via
-:func:`eftclip.models.save_checkpoint`), a state file
-(``checkpoints/<tag>.state.pt``: optimiser, grad scaler, RoCLIP pool, position,
-summary rows; written with ``torch.save`` and read with ``weights_only=True``)
-and, written last, ``checkpoints/latest.json`` naming them; every file is
-written atomically, so a killed run leaves the previous complete checkpoint.
+every ``save_every_steps`` optimiser steps inside an epoch when asked (see
+:mod:`eftclip.training.run_files`).
 Because each sample's randomness depends only on ``(seed, epoch, index)``
 (see :mod:`eftclip.training.data`), the resumed run replays the remaining
 steps of the interrupted epoch exactly: the weights equal an unbroken run's.
@@ -27,14 +28,12 @@ steps of the interrupted epoch exactly: the weights equal an unbroken run's.
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
-import io
 import json
 import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,13 +43,14 @@ from tqdm import tqdm
 
 from eftclip.config import load_yaml, write_config
 from eftclip.errors import EftclipError
-from eftclip.io import atomic_open, atomic_path, write_json
-from eftclip.training.augment import EDA, default_synonyms
+from eftclip.io import write_json
 from eftclip.training.config import FinetuneConfig, TrainConfig, fingerprint
-from eftclip.training.data import PairDataset, Pairs, collate, epoch_order, step_keys
+from eftclip.training.data import Pairs, epoch_order
 from eftclip.training.distributed import DistInfo, all_reduce_mean, barrier, setup_distributed, teardown
-from eftclip.training.losses import CleanClipLoss, ContrastiveLoss, make_clip_loss
-from eftclip.training.roclip import CaptionPool, RoClipLoss, is_matching_epoch
+from eftclip.training.feed import Feeder
+from eftclip.training.losses import make_clip_loss
+from eftclip.training.objectives import Objective, ObjectiveContext, build_objectives, total_terms
+from eftclip.training.run_files import Position, RunFiles
 from eftclip.training.schedule import CosineWithWarmup
 
 EpochHook = Callable[[int, dict], None]
@@ -67,20 +67,21 @@ def train(cfg: TrainConfig, *, on_epoch_end: EpochHook | None = None, on_step_en
     ``final.safetensors`` (+ ``.json``) under ``cfg.out``.
     """
     cfg.validate()
-    return _Run(cfg, kind="train", on_epoch_end=on_epoch_end, on_step_end=on_step_end).run()
+    return _Run(cfg, kind="train", start=_fresh_model, on_epoch_end=on_epoch_end, on_step_end=on_step_end).run()
 
 
 def finetune(cfg: FinetuneConfig, *, on_epoch_end: EpochHook | None = None, on_step_end: StepHook | None = None) -> dict:
     """Fine-tune ``cfg.checkpoint`` with CleanCLIP's objective (or plain CLIP); returns the final summary."""
     cfg.validate()
-    return _Run(cfg, kind="finetune", on_epoch_end=on_epoch_end, on_step_end=on_step_end).run()
+    return _Run(cfg, kind="finetune", start=_checkpoint_model, on_epoch_end=on_epoch_end,
+                on_step_end=on_step_end).run()
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def load_pairs(cfg: Any) -> Pairs:
-    """The run's image-caption pairs: ``cfg.records`` or ``read_captions(cfg.data)``, then ``subset``."""
+    """The run's image-caption pairs: ``cfg.records`` or ``read_captions(cfg.data)``, then ``cfg.subset_pick()``."""
     skipped = 0
     if cfg.records is not None:
         records = list(cfg.records)
@@ -98,26 +99,29 @@ def load_pairs(cfg: Any) -> Pairs:
             warnings.warn(f"skipped {len(table.skipped) - 5} more bad rows of {source}", stacklevel=3)
     if not records:
         raise EftclipError(f"{source}: the dataset holds no image-caption pairs")
-    subset = getattr(cfg, "subset", None)
-    if subset is not None:
+    pick = cfg.subset_pick()
+    if pick is not None:
+        subset, seed = pick
         if subset > len(records):
             raise EftclipError(f"--subset {subset}: larger than the dataset ({len(records)} pairs in {source})")
-        pick = np.sort(np.random.default_rng([cfg.subset_seed, 3]).choice(len(records), size=subset, replace=False))
-        records = [records[i] for i in pick]
+        chosen = np.sort(np.random.default_rng([seed, 3]).choice(len(records), size=subset, replace=False))
+        records = [records[i] for i in chosen]
     return Pairs(images=records, captions=[str(r.caption) for r in records], skipped=skipped)
 
 
-def _normalizer(preprocess: Any) -> tuple[list[float], list[float]]:
-    for t in getattr(preprocess, "transforms", []):
-        if type(t).__name__ == "Normalize":
-            return list(t.mean), list(t.std)
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+def check_finite(value: float, what: str, *, step: int, lr: float, latest: str | None, epoch: int | None = None) -> None:
+    """Stop the run at a non-finite loss, gradient norm or weight, before anything of this step is saved.
 
-    return list(OPENAI_DATASET_MEAN), list(OPENAI_DATASET_STD)
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    ``step`` and ``epoch`` are 1-based; ``latest`` names the last checkpoint written (None: none yet).
+    """
+    if math.isfinite(value):
+        return
+    where = f"step {step}" + (f" (epoch {epoch})" if epoch is not None else "")
+    kept = f"the last good checkpoint ({latest}) stays the latest" if latest else "no checkpoint was written"
+    raise EftclipError(
+        f"{where}: the {what} is {value} at lr {lr:.6g}; training stopped and {kept}; "
+        f"lower --lr (or set --grad-clip)"
+    )
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -178,8 +182,31 @@ def _seeded_init(name: str, seed: int):
         return create_model(name)
 
 
-def _to_float(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (images.float().div_(255.0) - mean) / std
+def _fresh_model(cfg: TrainConfig):
+    """Pre-training starts from a random init that depends only on the seed."""
+    return _seeded_init(cfg.model, cfg.seed)
+
+
+def _checkpoint_model(cfg: FinetuneConfig):
+    """Fine-tuning starts from ``cfg.checkpoint`` (its architecture checked against ``cfg.model``)."""
+    from eftclip.models import load_checkpoint
+    from eftclip.models.checkpoints import checkpoint_model_name
+
+    path = Path(cfg.checkpoint)
+    if not path.is_file():
+        raise EftclipError(f"{path}: checkpoint file not found (--checkpoint)")
+    recorded = checkpoint_model_name(path)
+    if cfg.model is not None and recorded is not None and recorded != cfg.model:
+        raise EftclipError(
+            f"{path}: checkpoint holds architecture {recorded!r}, but --model is {cfg.model!r}; "
+            f"drop --model or pass the matching one"
+        )
+    # create_model's throw-away random init would draw from the caller's global generator
+    with torch.random.fork_rng(devices=[]):
+        bundle = load_checkpoint(path, model_name=cfg.model)
+    if cfg.lock_text:
+        _lock_text_tower(bundle.model)
+    return bundle
 
 
 def _features(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor):
@@ -189,21 +216,92 @@ def _features(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor
     return out[0], out[1], out[2]
 
 
+def _backward(loss: torch.Tensor, scaler) -> None:
+    if scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+
+
+@dataclass
+class _Parts:
+    """What the steps of a run share once it is set up."""
+
+    info: DistInfo
+    device: torch.device
+    bundle: Any  # ClipBundle; its model is the one trained
+    ddp_model: torch.nn.Module  # the model, wrapped for DDP under several processes
+    objectives: list[Objective]
+    feeder: Feeder
+    optimizer: torch.optim.Optimizer
+    schedule: CosineWithWarmup
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    autocast: Callable[[], Any]  # () -> context manager
+    per_step: int  # pairs per optimiser step over all processes
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.bundle.model
+
+    def encode(self, batch: dict) -> dict:
+        """Features of a micro-batch: the model's, then those the objectives add."""
+        if "aug_image" in batch:
+            n = batch["image"].shape[0]
+            img, txt, scale = _features(self.ddp_model, torch.cat([batch["image"], batch["aug_image"]]),
+                                        torch.cat([batch["text"], batch["aug_text"]]))
+            feats = {"image": img[:n], "aug_image": img[n:], "text": txt[:n], "aug_text": txt[n:], "logit_scale": scale}
+        else:
+            img, txt, scale = _features(self.ddp_model, batch["image"], batch["text"])
+            feats = {"image": img, "text": txt, "logit_scale": scale}
+        for objective in self.objectives:
+            feats.update(objective.features(batch))
+        return feats
+
+    def terms(self, feats: dict) -> dict:
+        return total_terms(self.objectives, feats)
+
+
+def _accumulated_step(p: _Parts, micro: list[dict]) -> tuple[dict, torch.Tensor]:
+    """open_clip's accumulation: cache all micro-batch features, then re-encode each with grad."""
+    cached = []
+    with torch.no_grad():
+        for batch in micro:
+            with p.autocast():
+                cached.append(p.encode(batch))
+    keys = [k for k in cached[0] if k != "logit_scale"]
+    terms_sum: dict[str, torch.Tensor] = {}
+    for j, batch in enumerate(micro):
+        with p.autocast():
+            fresh = p.encode(batch)
+            feats = {k: torch.cat([fresh[k] if i == j else c[k] for i, c in enumerate(cached)]) for k in keys}
+            feats["logit_scale"] = fresh["logit_scale"]
+            terms = p.terms(feats)
+        _backward(terms["loss"], p.scaler)
+        for k, v in terms.items():
+            terms_sum[k] = terms_sum.get(k, 0) + v.detach()
+    text = torch.cat([c["text"] for c in cached])
+    return {k: v / len(micro) for k, v in terms_sum.items()}, text
+
+
 class _Run:
     """One training or fine-tuning run (single process or one rank of a DDP job)."""
 
-    def __init__(self, cfg: Any, *, kind: str, on_epoch_end: EpochHook | None, on_step_end: StepHook | None):
+    def __init__(self, cfg: Any, *, kind: str, start: Callable[[Any], Any], on_epoch_end: EpochHook | None,
+                 on_step_end: StepHook | None):
         self.cfg = cfg
-        self.kind = kind
+        self.kind = kind  # "train" | "finetune": recorded in config.yaml and the checkpoints
+        self.start = start  # cfg -> the ClipBundle the run starts from
         self.on_epoch_end = on_epoch_end
         self.on_step_end = on_step_end
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
+        self.files = RunFiles(self.out, kind=kind, keep=cfg.keep_checkpoints)
+        self.latest_tag: str | None = None  # the last checkpoint written or resumed from
 
     # ---------------------------------------------------------------- setup
 
     def _config_record(self) -> dict:
-        data = {f.name: getattr(self.cfg, f.name) for f in dataclasses.fields(self.cfg) if f.name != "records"}
+        data = {k: v for k, v in vars(self.cfg).items() if k != "records"}
         if self.cfg.records is not None:
             data["data"] = f"<{len(self.cfg.records)} records in memory>"
         data["kind"] = self.kind
@@ -224,40 +322,22 @@ class _Run:
             warnings.warn(f"{self.out}: --resume given but no checkpoint found; starting from scratch", stacklevel=3)
             return None
         if cfg_path.exists():
-            saved = load_yaml(cfg_path)
-            now = self._config_record()
-            keys = set(fingerprint(self.cfg)) | {"kind"}
-            if self.cfg.records is not None:
-                keys.discard("data")
-            diff = [k for k in sorted(keys) if _yamlish(saved.get(k)) != _yamlish(now.get(k))]
-            if diff:
-                detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:6])
-                raise EftclipError(
-                    f"{cfg_path}: cannot resume, the run was made with another config ({detail}); "
-                    f"use the same flags or another --out"
-                )
+            self._check_same_config(load_yaml(cfg_path), cfg_path)
         with open(latest, encoding="utf-8") as fh:
             return json.load(fh)
 
-    def _build_model(self):
-        cfg = self.cfg
-        if self.kind == "train":
-            return _seeded_init(cfg.model, cfg.seed)
-        from eftclip.models import load_checkpoint
-        from eftclip.models.checkpoints import checkpoint_model_name
-
-        path = Path(cfg.checkpoint)
-        if not path.is_file():
-            raise EftclipError(f"{path}: checkpoint file not found (--checkpoint)")
-        recorded = checkpoint_model_name(path)
-        if cfg.model is not None and recorded is not None and recorded != cfg.model:
+    def _check_same_config(self, saved: dict, cfg_path: Path) -> None:
+        now = self._config_record()
+        keys = set(fingerprint(self.cfg)) | {"kind"}
+        if self.cfg.records is not None:
+            keys.discard("data")
+        diff = [k for k in sorted(keys) if _yamlish(saved.get(k)) != _yamlish(now.get(k))]
+        if diff:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:6])
             raise EftclipError(
-                f"{path}: checkpoint holds architecture {recorded!r}, but --model is {cfg.model!r}; "
-                f"drop --model or pass the matching one"
+                f"{cfg_path}: cannot resume, the run was made with another config ({detail}); "
+                f"use the same flags or another --out"
             )
-        # create_model's throw-away random init would draw from the caller's global generator
-        with torch.random.fork_rng(devices=[]):
-            return load_checkpoint(path, model_name=cfg.model)
 
     def _precision(self, device: torch.device) -> str:
         p = self.cfg.precision
@@ -266,6 +346,56 @@ class _Run:
                 warnings.warn(f"--precision {p}: mixed precision is for GPUs; training in fp32 on {device}", stacklevel=3)
             return "fp32"
         return "bf16" if p == "auto" else p
+
+    def _steps_per_epoch(self, n_pairs: int, info: DistInfo) -> int:
+        cfg = self.cfg
+        per_step = cfg.batch_size * info.world_size * cfg.accum_steps
+        if n_pairs // per_step == 0:
+            raise EftclipError(
+                f"--batch-size {cfg.batch_size}: one step needs {per_step} pairs "
+                f"(batch size x {info.world_size} process(es) x {cfg.accum_steps} accumulation step(s)), "
+                f"but the dataset holds only {n_pairs}"
+            )
+        return n_pairs // per_step
+
+    def _setup(self, info: DistInfo, device: torch.device, pairs: Pairs, steps_per_epoch: int) -> _Parts:
+        """The model, the objectives, the batches, the optimiser and the numeric precision of the run."""
+        cfg = self.cfg
+        bundle = self.start(cfg)
+        model = bundle.model.to(device)
+        model.train()
+        clip_loss = make_clip_loss(
+            local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, rank=info.rank, world_size=info.world_size
+        )
+        objectives = build_objectives(cfg, ObjectiveContext(clip_loss=clip_loss, model=model))
+        feeder = Feeder(cfg, pairs, bundle, objectives[0].views, info, device, steps_per_epoch=steps_per_epoch,
+                        progress=cfg.progress and info.is_main)
+        ddp_model = model
+        if info.distributed:
+            ddp_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        optimizer = _adamw(model, cfg)
+        schedule = CosineWithWarmup(optimizer, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=steps_per_epoch * cfg.epochs)
+        precision = self._precision(device)
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        autocast = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16))
+            if precision != "fp32"
+            else contextlib.nullcontext
+        )
+        return _Parts(info, device, bundle, ddp_model, objectives, feeder, optimizer, schedule, scaler, autocast,
+                      per_step=cfg.batch_size * info.world_size * cfg.accum_steps)
+
+    def _restore(self, latest: dict | None, p: _Parts) -> Position:
+        if latest is None:
+            return Position()
+        position, states = self.files.restore(latest, p.model, p.optimizer, p.scaler, p.device,
+                                              model_name=self.cfg.model)
+        for objective, state in zip(p.objectives, states):
+            objective.load_state_dict(state, p.device)
+        self.latest_tag = latest["tag"]
+        return position
 
     # ---------------------------------------------------------------- run
 
@@ -279,363 +409,178 @@ class _Run:
             teardown(info)
 
     def _run(self, info: DistInfo, device: torch.device) -> dict:
-        cfg = self.cfg
         latest = self._check_run_dir()
-        if info.is_main and self.ckpt_dir.is_dir():
-            # temp files of a writer killed mid-write (SIGKILL skips atomic_open's clean-up)
-            for stale in self.ckpt_dir.glob(".*.tmp*"):
-                with contextlib.suppress(FileNotFoundError):
-                    stale.unlink()
-        pairs = load_pairs(cfg)
-        per_step = cfg.batch_size * info.world_size * cfg.accum_steps
-        steps_per_epoch = len(pairs) // per_step
-        if steps_per_epoch == 0:
-            raise EftclipError(
-                f"--batch-size {cfg.batch_size}: one step needs {per_step} pairs "
-                f"(batch size x {info.world_size} process(es) x {cfg.accum_steps} accumulation step(s)), "
-                f"but the dataset holds only {len(pairs)}"
-            )
-        bundle = self._build_model()
-        model = bundle.model.to(device)
-        model.train()
-        name = bundle.name
-
-        # data
-        mode = {"train": "roclip" if getattr(cfg, "defense", "none") == "roclip" else "clip"}.get(self.kind)
-        if self.kind == "finetune":
-            mode = "cleanclip" if cfg.objective == "cleanclip" else "finetune-clip"
-        needs_eda = mode == "cleanclip" or (mode == "roclip" and cfg.roclip_augment)
-        eda = EDA(default_synonyms(), alpha=getattr(cfg, "eda_alpha", 0.1)) if needs_eda else None
-        cache_mb = len(pairs) * 3 * bundle.image_size**2 / 2**20
-        cache = cfg.cache_images if cfg.cache_images is not None else cache_mb <= cfg.cache_max_mb
-        show = cfg.progress and info.is_main
-        dataset = PairDataset(
-            pairs,
-            image_size=bundle.image_size,
-            mode=mode,
-            seed=cfg.seed,
-            cache=cache,
-            eda=eda,
-            augment=getattr(cfg, "roclip_augment", True),
-            progress=show,
-            crop_scale=(getattr(cfg, "crop_scale_min", 0.9), 1.0),
-        )
-        mean_l, std_l = _normalizer(bundle.preprocess_val)
-        mean = torch.tensor(mean_l, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(std_l, device=device).view(1, 3, 1, 1)
-        tokenizer = bundle.tokenizer
-        token_cache = tokenizer(pairs.captions) if cache else None
-
-        # objective
-        clip_loss = make_clip_loss(
-            local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, rank=info.rank, world_size=info.world_size
-        )
-        pool = None
-        if mode == "cleanclip":
-            objective: torch.nn.Module = CleanClipLoss(clip_loss, clip_weight=cfg.clip_weight, inmodal_weight=cfg.inmodal_weight)
-        elif mode == "roclip":
-            pool = CaptionPool(cfg.roclip_pool_size)
-            objective = RoClipLoss(clip_loss, pool)
-        else:
-            objective = ContrastiveLoss(clip_loss)
-
-        if getattr(cfg, "lock_text", False):
-            _lock_text_tower(model)
-
-        ddp_model = model
-        if info.distributed:
-            ddp_model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-
-        optimizer = _adamw(model, cfg)
-        total_steps = steps_per_epoch * cfg.epochs
-        schedule = CosineWithWarmup(optimizer, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=total_steps)
-        precision = self._precision(device)
-        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        autocast = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16))
-            if precision != "fp32"
-            else contextlib.nullcontext
-        )
-
-        # position and history
-        start_epoch, start_step, rows = 0, 0, []
-        partial: dict[str, float] = {}
-        if latest is not None:
-            start_epoch, start_step, rows, partial = self._restore(latest, model, optimizer, scaler, pool, device)
+        if info.is_main:
+            self.files.drop_stale_temps()
+        pairs = load_pairs(self.cfg)
+        steps_per_epoch = self._steps_per_epoch(len(pairs), info)
+        p = self._setup(info, device, pairs, steps_per_epoch)
+        position = self._restore(latest, p)
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_config(self.out / "config.yaml", self._config_record())
         writer = self._tensorboard() if info.is_main else None
+        rows = list(position.rows)
+        global_step = position.epoch * steps_per_epoch + position.step_in_epoch
+        for epoch in range(position.epoch, self.cfg.epochs):
+            resumed = epoch == position.epoch
+            first = position.step_in_epoch if resumed else 0
+            sums = dict(position.partial or {}) if resumed else {}
+            row, global_step = self._epoch(p, epoch, first, sums, global_step, rows, writer, steps_per_epoch)
+            self._end_epoch(p, epoch, row, rows, global_step, writer)
+        return self._finish(p, pairs, rows, global_step, writer)
 
-        def batch_tensors(b: dict, keys: list[tuple[int, int]]) -> dict:
-            idx = [i for _, i in keys]
-            out = {"image": _to_float(b["image"].to(device, non_blocking=True), mean, std)}
-            if token_cache is not None and all(t == pairs.captions[i] for t, i in zip(b["text"], idx)):
-                out["text"] = token_cache[idx].to(device, non_blocking=True)
-            else:
-                out["text"] = tokenizer(b["text"]).to(device, non_blocking=True)
-            if "aug_image" in b:
-                out["aug_image"] = _to_float(b["aug_image"].to(device, non_blocking=True), mean, std)
-                out["aug_text"] = tokenizer(b["aug_text"]).to(device, non_blocking=True)
-            return out
+    def _epoch(self, p: _Parts, epoch: int, first: int, sums: dict, global_step: int, rows: list[dict], writer,
+               steps_per_epoch: int) -> tuple[dict, int]:
+        """The steps of one epoch from step ``first``; returns its summary row and the global step after it."""
+        cfg = self.cfg
+        for objective in p.objectives:
+            objective.start_epoch(epoch)
+        order = epoch_order(len(p.feeder.pairs), cfg.seed, epoch)
+        t0 = time.perf_counter()
+        samples_timed = 0
+        show = cfg.progress and p.info.is_main
+        bar = tqdm(p.feeder.batches(order, epoch, first), total=steps_per_epoch - first,
+                   desc=f"{self.kind} epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
+                   dynamic_ncols=True)
+        for step, micro in bar:
+            lr = p.schedule(global_step)
+            terms, grad_norm = self._step(p, micro)
+            global_step += 1
+            values = {k: float(all_reduce_mean(v.detach().float(), p.info)) for k, v in terms.items()}
+            self._guard(values["loss"], grad_norm, step=global_step, epoch=epoch + 1, lr=lr)
+            for k, val in values.items():
+                sums[k] = sums.get(k, 0.0) + val
+            sums["_steps"] = sums.get("_steps", 0.0) + 1
+            samples_timed += p.per_step
+            self._log_step(bar, writer, terms, lr, global_step, show)
+            if cfg.save_every_steps and global_step % cfg.save_every_steps == 0 and step + 1 != steps_per_epoch:
+                self._save(p, f"step_{global_step:08d}", epoch=epoch, step=step + 1, rows=rows, partial=sums,
+                           global_step=global_step)
+            if self.on_step_end is not None:
+                self.on_step_end(global_step, epoch)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        n_steps = max(sums.pop("_steps", 0.0), 1.0)
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, "lr": p.optimizer.param_groups[0]["lr"]}
+        row.update({k: v / n_steps for k, v in sums.items()})
+        row["samples_per_s"] = samples_timed / seconds if seconds > 0 else float("nan")
+        row["seconds"] = seconds
+        return row, global_step
 
-        def batches(order: np.ndarray, epoch: int, first: int):
-            """Yield (step, [micro-batch tensors]) from step ``first`` on; workers decode when asked."""
-            plan = [
-                step_keys(order, step, batch=cfg.batch_size, world=info.world_size, rank=info.rank,
-                          accum=cfg.accum_steps, epoch=epoch)
-                for step in range(first, steps_per_epoch)
-            ]
-            flat = [keys for micro in plan for keys in micro]
-            if cfg.workers > 0 and not cache:
-                source = iter(torch.utils.data.DataLoader(
-                    dataset, batch_sampler=flat, collate_fn=collate, num_workers=cfg.workers,
-                    persistent_workers=False, pin_memory=device.type == "cuda",
-                ))
-            else:
-                source = (collate([dataset[k] for k in keys]) for keys in flat)
-            for offset, micro in enumerate(plan):
-                yield first + offset, [batch_tensors(next(source), keys) for keys in micro]
+    def _step(self, p: _Parts, micro: list[dict]) -> tuple[dict, float | None]:
+        """One optimiser step; returns its terms and the gradient norm before clipping."""
+        p.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.accum_steps == 1:
+            with p.autocast():
+                feats = p.encode(micro[0])
+                terms = p.terms(feats)
+            _backward(terms["loss"], p.scaler)
+            text = feats["text"]
+        else:
+            terms, text = _accumulated_step(p, micro)
+        grad_norm = self._grad_norm(p)
+        if p.scaler is not None:
+            p.scaler.step(p.optimizer)
+            p.scaler.update()
+        else:
+            p.optimizer.step()
+        with torch.no_grad():
+            p.model.logit_scale.clamp_(0, math.log(100))
+        for objective in p.objectives:
+            objective.after_step(text)
+        return terms, grad_norm
 
-        def encode(batch: dict) -> dict:
-            if "aug_image" in batch:
-                n = batch["image"].shape[0]
-                img, txt, scale = _features(
-                    ddp_model, torch.cat([batch["image"], batch["aug_image"]]), torch.cat([batch["text"], batch["aug_text"]])
-                )
-                return {"image": img[:n], "aug_image": img[n:], "text": txt[:n], "aug_text": txt[n:], "logit_scale": scale}
-            img, txt, scale = _features(ddp_model, batch["image"], batch["text"])
-            return {"image": img, "text": txt, "logit_scale": scale}
+    def _grad_norm(self, p: _Parts) -> float | None:
+        """Clip when asked; the total gradient norm before clipping.
 
-        def compute_loss(feats: dict) -> dict:
-            extra = {k: feats[k] for k in ("aug_image", "aug_text") if k in feats}
-            return objective(feats["image"], feats["text"], feats["logit_scale"], **extra)
+        None under fp16 loss scaling, whose scaler skips the steps with non-finite gradients itself.
+        """
+        if self.cfg.grad_clip is not None:
+            if p.scaler is not None:
+                p.scaler.unscale_(p.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(p.model.parameters(), self.cfg.grad_clip)
+            return None if p.scaler is not None else float(norm)
+        if p.scaler is not None:
+            return None
+        grads = [q.grad for q in p.model.parameters() if q.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
-        global_step = start_epoch * steps_per_epoch + start_step
-        last: dict = rows[-1] if rows else {}
-        for epoch in range(start_epoch, cfg.epochs):
-            if pool is not None:
-                objective.matching = is_matching_epoch(epoch, cfg.roclip_period)
-            order = epoch_order(len(pairs), cfg.seed, epoch)
-            first = start_step if epoch == start_epoch else 0
-            sums = dict(partial) if epoch == start_epoch else {}
-            partial = {}
-            t0 = time.perf_counter()
-            samples_timed = 0
-            bar = tqdm(
-                batches(order, epoch, first),
-                total=steps_per_epoch - first,
-                desc=f"{self.kind} epoch {epoch + 1}/{cfg.epochs}",
-                disable=not show,
-                leave=False,
-                dynamic_ncols=True,
-            )
-            for step, micro in bar:
-                lr = schedule(global_step)
-                optimizer.zero_grad(set_to_none=True)
-                if cfg.accum_steps == 1:
-                    with autocast():
-                        feats = encode(micro[0])
-                        terms = compute_loss(feats)
-                    self._backward(terms["loss"], scaler)
-                    text_for_pool = feats["text"]
-                else:
-                    terms, text_for_pool = self._accumulated_step(micro, encode, compute_loss, autocast, scaler)
-                if cfg.grad_clip is not None:
-                    if scaler is not None:
-                        scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, math.log(100))
-                if pool is not None:
-                    pool.add(text_for_pool.detach())
-                global_step += 1
-                for k, v in terms.items():
-                    val = float(all_reduce_mean(v.detach().float(), info))
-                    sums[k] = sums.get(k, 0.0) + val
-                sums["_steps"] = sums.get("_steps", 0.0) + 1
-                samples_timed += per_step
-                if show:
-                    bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}", lr=f"{lr:.2e}")
-                if writer is not None:
-                    writer.add_scalar("train/loss", float(terms["loss"].detach()), global_step)
-                    writer.add_scalar("train/lr", lr, global_step)
-                done_epoch = step + 1 == steps_per_epoch
-                if cfg.save_every_steps and global_step % cfg.save_every_steps == 0 and not done_epoch:
-                    self._save(f"step_{global_step:08d}", model, name, optimizer, scaler, pool, info,
-                               epoch=epoch, step=step + 1, rows=rows, partial=sums, global_step=global_step)
-                if self.on_step_end is not None:
-                    self.on_step_end(global_step, epoch)
-            bar.close()
-            seconds = time.perf_counter() - t0
-            n_steps = max(sums.pop("_steps", 0.0), 1.0)
-            row: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"]}
-            row.update({k: v / n_steps for k, v in sums.items()})
-            row["samples_per_s"] = samples_timed / seconds if seconds > 0 else float("nan")
-            row["seconds"] = seconds
-            if cfg.eval_data is not None and info.is_main:
-                row.update(self._evaluate(bundle, device))
-                model.train()
-            rows.append(row)
-            last = row
-            self._save(f"epoch_{epoch + 1}", model, name, optimizer, scaler, pool, info,
-                       epoch=epoch + 1, step=0, rows=rows, partial={}, global_step=global_step)
-            if info.is_main:
-                self._write_summary(rows)
-                if writer is not None:
-                    for k, v in row.items():
-                        if isinstance(v, (int, float)) and k not in ("epoch", "step"):
-                            writer.add_scalar(f"epoch/{k}", v, epoch + 1)
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(epoch + 1, dict(row))
+    def _guard(self, loss: float, grad_norm: float | None, *, step: int, epoch: int, lr: float) -> None:
+        check_finite(loss, "loss", step=step, epoch=epoch, lr=lr, latest=self.latest_tag)
+        if grad_norm is not None:
+            check_finite(grad_norm, "gradient norm", step=step, epoch=epoch, lr=lr, latest=self.latest_tag)
 
+    def _log_step(self, bar, writer, terms: dict, lr: float, global_step: int, show: bool) -> None:
+        if show:
+            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}", lr=f"{lr:.2e}")
+        if writer is not None:
+            writer.add_scalar("train/loss", float(terms["loss"].detach()), global_step)
+            writer.add_scalar("train/lr", lr, global_step)
+
+    def _end_epoch(self, p: _Parts, epoch: int, row: dict, rows: list[dict], global_step: int, writer) -> None:
+        """Evaluate, checkpoint, write the summary and call the epoch hook."""
+        if self.cfg.eval_data is not None and p.info.is_main:
+            row.update(self._evaluate(p.bundle, p.device))
+            p.model.train()
+        rows.append(row)
+        self._save(p, f"epoch_{epoch + 1}", epoch=epoch + 1, step=0, rows=rows, partial={}, global_step=global_step)
+        if p.info.is_main:
+            self.files.write_summary(rows)
+            if writer is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                        writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(epoch + 1, dict(row))
+
+    def _finish(self, p: _Parts, pairs: Pairs, rows: list[dict], global_step: int, writer) -> dict:
+        """The final weights and ``summary.json``; returns the summary."""
         final = self.out / "final.safetensors"
-        if info.is_main:
+        self._check_weights(p, global_step)
+        if p.info.is_main:
             from eftclip.models import save_checkpoint
 
-            save_checkpoint(model, final, model_name=name, meta={"kind": self.kind, "config": self._config_record(), "epochs": cfg.epochs})
+            save_checkpoint(p.model, final, model_name=p.bundle.name,
+                            meta={"kind": self.kind, "config": self._config_record(), "epochs": self.cfg.epochs})
             if writer is not None:
                 writer.close()
-        barrier(info)
+        barrier(p.info)
+        eda = p.objectives[0].views.eda
         summary = {
             "out": str(self.out),
             "final_checkpoint": str(final),
-            "model": name,
-            "epochs": cfg.epochs,
+            "model": p.bundle.name,
+            "epochs": self.cfg.epochs,
             "steps": global_step,
             "pairs": len(pairs),
             "skipped_rows": pairs.skipped,
-            "world_size": info.world_size,
+            "world_size": p.info.world_size,
             "eda_synonyms": eda.synonyms.name if eda is not None else None,
-            "last_epoch": last,
+            "last_epoch": rows[-1] if rows else {},
         }
-        if info.is_main:
+        if p.info.is_main:
             write_json(self.out / "summary.json", summary)
         return summary
 
     # ---------------------------------------------------------------- pieces
 
-    @staticmethod
-    def _backward(loss: torch.Tensor, scaler) -> None:
-        if scaler is not None:
-            scaler.scale(loss).backward()
-        else:
-            loss.backward()
+    def _check_weights(self, p: _Parts, global_step: int) -> None:
+        """No checkpoint of non-finite weights: every rank checks (they hold the same weights) before saving."""
+        if not all(bool(torch.isfinite(q).all()) for q in p.model.parameters()):
+            check_finite(float("nan"), "value of a weight", step=global_step, lr=p.optimizer.param_groups[0]["lr"],
+                         latest=self.latest_tag)
 
-    def _accumulated_step(self, micro, encode, compute_loss, autocast, scaler):
-        """open_clip's accumulation: cache all micro-batch features, then re-encode each with grad."""
-        cached = []
-        with torch.no_grad():
-            for batch in micro:
-                with autocast():
-                    cached.append(encode(batch))
-        keys = [k for k in cached[0] if k != "logit_scale"]
-        terms_sum: dict[str, torch.Tensor] = {}
-        for j, batch in enumerate(micro):
-            with autocast():
-                fresh = encode(batch)
-                feats = {k: torch.cat([fresh[k] if i == j else c[k] for i, c in enumerate(cached)]) for k in keys}
-                feats["logit_scale"] = fresh["logit_scale"]
-                terms = compute_loss(feats)
-            self._backward(terms["loss"], scaler)
-            for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0) + v.detach()
-        text = torch.cat([c["text"] for c in cached])
-        return {k: v / len(micro) for k, v in terms_sum.items()}, text
-
-    def _state_path(self, tag: str) -> Path:
-        return self.ckpt_dir / f"{tag}.state.pt"
-
-    def _save(self, tag, model, name, optimizer, scaler, pool, info, *, epoch, step, rows, partial, global_step) -> None:
-        if not info.is_main:
-            barrier(info)
+    def _save(self, p: _Parts, tag: str, *, epoch: int, step: int, rows: list[dict], partial: dict,
+              global_step: int) -> None:
+        self._check_weights(p, global_step)
+        if not p.info.is_main:
+            barrier(p.info)
             return
-        from eftclip.models import save_checkpoint
-
-        weights = save_checkpoint(
-            model,
-            self.ckpt_dir / f"{tag}.safetensors",
-            model_name=name,
-            meta={"kind": self.kind, "epoch": epoch, "step_in_epoch": step, "global_step": global_step},
-        )
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else {},
-            "pool": pool.state_dict() if pool is not None else {},
-            "epoch": epoch,
-            "step_in_epoch": step,
-            "global_step": global_step,
-            "rows_json": json.dumps(rows),
-            "partial_json": json.dumps(partial),
-        }
-        with atomic_path(self._state_path(tag)) as tmp:
-            torch.save(state, tmp)
-        write_json(
-            self.ckpt_dir / "latest.json",
-            {"tag": tag, "weights": weights.name, "state": self._state_path(tag).name,
-             "epoch": epoch, "step_in_epoch": step, "global_step": global_step},
-        )
-        self._prune(keep=tag)
-        barrier(info)
-
-    def _prune(self, keep: str) -> None:
-        tags = sorted(
-            {p.name.split(".")[0] for p in self.ckpt_dir.glob("*.state.pt")},
-            key=lambda t: os.path.getmtime(self._state_path(t)),
-        )
-        for tag in tags[: max(0, len(tags) - max(1, self.cfg.keep_checkpoints))]:
-            if tag == keep:
-                continue
-            for suffix in (".safetensors", ".json", ".state.pt"):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.ckpt_dir / f"{tag}{suffix}").unlink()
-
-    def _restore(self, latest: dict, model, optimizer, scaler, pool, device):
-        from eftclip.models import read_state_dict
-
-        weights = self.ckpt_dir / latest["weights"]
-        state_path = self.ckpt_dir / latest["state"]
-        if not weights.is_file() or not state_path.is_file():
-            raise EftclipError(f"{self.ckpt_dir / 'latest.json'}: names {weights.name} / {state_path.name}, which are missing")
-        try:
-            model.load_state_dict(read_state_dict(weights), strict=True)
-        except RuntimeError as exc:
-            raise EftclipError(f"{weights}: does not fit --model {self.cfg.model!r} ({str(exc)[:200]})") from None
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise EftclipError(f"{state_path}: cannot read the training state ({exc})") from None
-        optimizer.load_state_dict(state["optimizer"])
-        for st in optimizer.state.values():
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor) and k != "step":
-                    st[k] = v.to(device)
-        if scaler is not None and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        if pool is not None and state["pool"]:
-            pool.load_state_dict(state["pool"], device)
-        return int(state["epoch"]), int(state["step_in_epoch"]), json.loads(state["rows_json"]), json.loads(state["partial_json"])
-
-    def _write_summary(self, rows: list[dict]) -> None:
-        columns: list[str] = []
-        for r in rows:
-            for k in r:
-                if k not in columns and not isinstance(r[k], dict):
-                    columns.append(k)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in columns})
-        with atomic_open(self.out / "summary.csv", "w") as fh:
-            fh.write(buf.getvalue())
+        self.files.save(tag, p.model, p.bundle.name, p.optimizer, p.scaler, [o.state_dict() for o in p.objectives],
+                        position=Position(epoch, step, tuple(rows), partial), global_step=global_step)
+        self.latest_tag = tag
+        barrier(p.info)
 
     def _evaluate(self, bundle, device) -> dict:
         from eftclip.data.zeroshot import ImageFolderSet, load_templates

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from eftclip.text import article
 from eftclip.world.render import BACKGROUNDS, Scene
+
+__all__ = ["article", "caption_for", "noun_phrase", "poison_templates"]
 
 # probability that an object's colour word appears in the caption
 COLOUR_WORD_P = 0.4
@@ -37,11 +40,6 @@ _TRIPLE = (
     "{where_c}: {a}, {b} and {c}",
     "{a} next to {b} and {c} {where}",
 )
-
-
-def article(phrase: str) -> str:
-    """``"an umbrella"``, ``"a red umbrella"``: the indefinite article for ``phrase``."""
-    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
 def noun_phrase(category: str, colour: str | None) -> str:

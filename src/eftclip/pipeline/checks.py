@@ -1,0 +1,138 @@
+"""Cheap checks of a whole experiment config, before any stage runs.
+
+Types and ranges of every value, the attack parameters (each trigger is built once, on
+nothing), the targets against the source's classes, the defenses' set builders and
+objectives.  Each error names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from eftclip.errors import EftclipError
+
+
+def validate(cfg: Any, source: Any) -> None:
+    """Raise :class:`EftclipError` naming the first bad key of ``cfg`` (an ExperimentConfig)."""
+    _check_types(cfg, "")
+    _check_ranges(cfg)
+    _check_attacks(cfg, source)
+    _check_defenses(cfg, source.pool_size())
+    for target in (cfg.target, *cfg.targets):
+        source.check_target(target)
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    """Every field of a (nested) frozen config holds a value of its declared simple type."""
+    import typing
+
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_types(value, f"{key}.")
+            continue
+        allowed = _simple_types(hints.get(f.name))
+        if allowed and not _is_instance(value, allowed):
+            names = "/".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise EftclipError(f"{key}: expected {names}, got {value!r}")
+
+
+def _simple_types(hint: Any) -> tuple | None:
+    import types
+    import typing
+
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    simple = tuple(t for t in args if t in (int, float, str, bool, type(None)))
+    return simple if simple and len(simple) == len(args) else None
+
+
+def _is_instance(value: Any, allowed: tuple) -> bool:
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, int) and float in allowed:
+        return True
+    return isinstance(value, allowed)
+
+
+def _positive(name: str, value: Any) -> None:
+    if value is not None and value < 1:
+        raise EftclipError(f"{name} must be >= 1, got {value}")
+
+
+def _check_ranges(cfg: Any) -> None:
+    if not cfg.seeds:
+        raise EftclipError("seeds: at least one seed")
+    for seed in cfg.seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise EftclipError(f"seeds: each seed must be a whole number >= 0, got {seed!r}")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise EftclipError(f"seeds: each seed may appear once (got {list(cfg.seeds)})")
+    for name in ("workers", "budget"):
+        _positive(name, getattr(cfg, name))
+    for recipe in ("pretrain", "finetune"):
+        for name in ("epochs", "batch_size"):
+            _positive(f"{recipe}.{name}", getattr(getattr(cfg, recipe), name))
+        lr = getattr(cfg, recipe).lr
+        if not 0 < lr < 10:
+            raise EftclipError(f"{recipe}.lr must be in (0, 10), got {lr}")
+    d = cfg.detect
+    _positive("detect.scenes", d.scenes)
+    _positive("detect.tau", d.tau)
+    if not 0 < d.triggered_share < 1:
+        raise EftclipError(f"detect.triggered_share must be in (0, 1), got {d.triggered_share}")
+    if d.theta is not None and not 0 <= d.theta <= 1:
+        raise EftclipError(f"detect.theta must be in [0, 1], got {d.theta}")
+    if not 0 < cfg.poison_rate < 1:
+        raise EftclipError(f"poison_rate must be in (0, 1), got {cfg.poison_rate}")
+
+
+def _check_attacks(cfg: Any, source: Any) -> None:
+    from eftclip.attacks import TRIGGERS, create_trigger
+
+    names = [a.name for a in cfg.attacks]
+    if len(set(names)) != len(names):
+        raise EftclipError(f"attacks: each attack may appear once (got {', '.join(names)})")
+    for a in cfg.attacks:
+        if a.name not in TRIGGERS:
+            raise EftclipError(f"attacks: unknown attack '{a.name}' (known: {', '.join(sorted(TRIGGERS))})")
+        rate = cfg.poison_rate if a.poison_rate is None else a.poison_rate
+        if not 0 < rate < 1:
+            raise EftclipError(f"attacks: {a.name}: poison_rate must be in (0, 1), got {rate}")
+        params = {**source.attack_defaults.get(a.name, {}), **a.params}
+        params.pop("steps", None)  # the optimiser's budget, not a trigger parameter
+        if a.name == "trojannn" and "pattern_file" not in params:
+            continue  # its pattern does not exist until it is optimised
+        try:
+            create_trigger(a.name, **params)
+        except (TypeError, ValueError) as exc:
+            raise EftclipError(f"attacks: {a.name}: bad parameters {params}: {exc}") from exc
+    if cfg.roclip.attack and cfg.roclip.attack not in names:
+        raise EftclipError(f"roclip.attack: '{cfg.roclip.attack}' is not one of the attacks ({', '.join(names)})")
+
+
+def _check_defenses(cfg: Any, pool: int) -> None:
+    from eftclip.pipeline.defenses import SET_BUILDERS
+    from eftclip.training.config import FINETUNE_OBJECTIVES as OBJECTIVES
+
+    names = [d.name for d in cfg.defenses]
+    if len(set(names)) != len(names):
+        raise EftclipError(f"defenses: each name may appear once (got {', '.join(names)})")
+    for d in cfg.defenses:
+        if d.set not in SET_BUILDERS:
+            raise EftclipError(f"defenses: {d.name}: unknown set '{d.set}' (known: {', '.join(sorted(SET_BUILDERS))})")
+        objective = d.objective or cfg.finetune.objective
+        if objective not in OBJECTIVES:
+            raise EftclipError(f"defenses: {d.name}: unknown objective '{objective}' "
+                               f"(known: {', '.join(sorted(OBJECTIVES))})")
+        if not d.scale > 0:
+            raise EftclipError(f"defenses: {d.name}: scale must be > 0, got {d.scale}")
+        pairs = int(round(d.scale * cfg.budget))
+        if pairs > pool:
+            raise EftclipError(f"defenses: {d.name}: {pairs} pairs (scale {d.scale} x budget {cfg.budget}) exceed "
+                               f"the clean pool ({pool} pairs)")
+        for share in ("unaffected_ratio", "unlearn_share"):
+            if not 0 <= getattr(d, share) <= 1:
+                raise EftclipError(f"defenses: {d.name}: {share} must be in [0, 1], got {getattr(d, share)}")

@@ -1,0 +1,167 @@
+"""The one experiment pipeline end to end (``eftclip demo`` and ``eftclip study`` are presets of it).
+
+* a 2-attack x 2-seed matrix on the tiny world: every cell, the summary in its schema, a rerun
+  that recomputes nothing, the clean model trained once per seed;
+* a run killed inside a stage continues to the same numbers;
+* the ``--quick`` demo: the direction of every effect;
+* every attack and other targets run through (mechanics);
+* bad configs are refused, naming the key, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import eftclip.training as training
+from eftclip.cli import main
+from eftclip.errors import EftclipError
+from eftclip.pipeline.experiment import run_experiment
+from eftclip.pipeline.presets import config_from_mapping, load_experiment
+
+TINY = {
+    "name": "tiny",
+    "source": {"kind": "world", "size": "tiny", "oracle_epochs": 2},
+    "seeds": [0],
+    "attacks": ["badnet"],
+    "poison_rate": 0.1,
+    "pretrain": {"epochs": 2, "batch_size": 32, "lr": 0.005, "warmup": 2},
+    "detect": {"scenes": 24},
+    "budget": 12,
+    "finetune": {"epochs": 1, "batch_size": 8, "warmup": 1},
+    "device": "cpu",
+    "workers": 1,  # in-process, so that a monkeypatched training.train is the one that runs
+    "progress": False,
+}
+
+
+def _cfg(tmp_path, name: str, **changes):
+    return config_from_mapping({**TINY, "out": str(tmp_path / name), **changes})
+
+
+def _numbers(metrics: dict) -> list[dict]:
+    """What must not depend on interruptions or on how stages were scheduled (times left out)."""
+    keep = []
+    for m in metrics["cells"]:
+        cell = {k: m[k] for k in ("attack", "target", "seed", "clean", "poisoned", "detection")}
+        cell["defenses"] = {n: {k: v for k, v in d.items() if k != "seconds"} for n, d in m["defenses"].items()}
+        keep.append(cell)
+    return keep
+
+
+def test_matrix_of_two_attacks_and_two_seeds_end_to_end(tmp_path, capsys):
+    cfg = _cfg(tmp_path, "matrix", seeds=[0, 1], attacks=["badnet", "blended"], workers=2)
+    m = run_experiment(cfg)
+    cells = {(c["attack"]["name"], c["seed"]) for c in m["cells"]}
+    assert cells == {("badnet", 0), ("badnet", 1), ("blended", 0), ("blended", 1)}
+    summary = json.loads((tmp_path / "matrix" / "summary.json").read_text())
+    for name in ("eftclip_paper", "cleanclip", "cleanclip_large"):
+        for attack in ("badnet", "blended"):
+            row = summary["defenses"][name][attack]
+            assert set(row) >= {"ca", "asr", "pairs"} and row["ca"]["n"] == 2
+            assert set(row["asr"]) >= {"mean", "sd", "ci95", "n"}
+    assert set(summary["paired"]) == {"eftclip_paper-vs-cleanclip", "eftclip_paper-vs-cleanclip_large"}
+    assert summary["poisoned"]["badnet"]["asr"]["n"] == 2 and summary["clean"]["ca"]["n"] == 2
+    # the hand computation: the summary is the mean and t-interval of the cells' own numbers
+    asr = [c["defenses"]["cleanclip"]["asr"] for c in m["cells"] if c["attack"]["name"] == "badnet"]
+    assert summary["defenses"]["cleanclip"]["badnet"]["asr"]["mean"] == pytest.approx(sum(asr) / 2)
+    for name in ("report.md", "metrics.json", "tables/summary.csv", "tables/paired.md", "figures/matrix.png",
+                 "cells/s0-badnet/report.md", "cells/s1-blended/figures/ca_asr.png"):
+        assert (tmp_path / "matrix" / name).exists(), name
+    # one clean model per seed, shared by both attacks
+    plan = run_experiment(cfg, plan_only=True)["plan"]
+    assert sum(1 for s in plan if s["id"].endswith("train_clean")) == 2
+    assert all(s["done"] for s in plan)
+    # a rerun recomputes nothing
+    capsys.readouterr()
+    again = run_experiment(cfg)
+    assert _numbers(again) == _numbers(m)
+    assert "to run" not in capsys.readouterr().err
+
+
+def test_interrupted_run_continues_to_the_same_numbers(tmp_path, monkeypatch):
+    unbroken = run_experiment(_cfg(tmp_path, "unbroken", workers=2))
+    real_train = training.train
+    calls = {"n": 0}
+
+    def interrupting_train(cfg, **kw):
+        calls["n"] += 1  # the second pre-training is the poisoned one: kill it in its second epoch
+        if calls["n"] != 2:
+            return real_train(cfg, **kw)
+
+        def kill(step, *args, **kwargs):
+            if step >= 5:
+                raise KeyboardInterrupt
+
+        return real_train(cfg, on_step_end=kill, **kw)
+
+    monkeypatch.setattr(training, "train", interrupting_train)
+    cfg = _cfg(tmp_path, "interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg)
+    cache = tmp_path / "interrupted" / "cache"
+    assert len(list(cache.glob("pretrain-*/stage.json"))) == 1, "the kill must land inside the second pre-training"
+    assert list(cache.glob("pretrain-*/models/poisoned/checkpoints/*.safetensors")), "an epoch checkpoint exists"
+    monkeypatch.setattr(training, "train", real_train)
+    resumed = run_experiment(cfg)
+    assert _numbers(resumed) == _numbers(unbroken)
+
+
+def test_quick_demo_effects_point_the_right_way(tmp_path):
+    """About 4 minutes on 2 cores. Not marked slow: the end-to-end effect check CI must run."""
+    cfg = load_experiment("demo-quick", out=str(tmp_path / "quick"), device="cpu")
+    m = run_experiment(cfg)["cells"][0]
+    assert m["poisoned"]["asr"] >= 0.5 and m["poisoned"]["asr"] >= m["clean"]["asr"] + 0.3, m
+    assert m["detection"]["target_found"], m["detection"]
+    for name, d in m["defenses"].items():
+        assert d["asr"] < m["poisoned"]["asr"], (name, m["defenses"])
+    for part in ("clean", "poisoned"):
+        assert 0 <= m[part]["ca"] <= 1 and 0 <= m[part]["asr"] <= 1
+
+
+@pytest.mark.parametrize("attack,target", [("blended", "star"), ("wanet", "boat"), ("trojannet", "cup"),
+                                           ("trojannn", "key")])
+def test_every_attack_and_other_targets_run_through(tmp_path, attack, target):
+    """Mechanics for each registered attack and non-default targets (tiny models: no effect sizes)."""
+    params = {"steps": 3} if attack == "trojannn" else {}
+    cfg = _cfg(tmp_path, attack, attacks=[{"name": attack, "params": params}], target=target,
+               pretrain={"epochs": 1, "batch_size": 32, "lr": 0.005, "warmup": 2},
+               defenses=[{"name": "cleanclip", "set": "random"}])
+    m = run_experiment(cfg)["cells"][0]
+    assert m["target"] == target and m["attack"]["name"] == attack
+    for row in (m["clean"], m["poisoned"], *m["defenses"].values()):
+        assert 0 <= row["ca"] <= 1 and 0 <= row["asr"] <= 1, row
+    manifest = next((tmp_path / attack / "cache").glob("poison-*/poisoned/train/manifest.json"))
+    assert json.loads(manifest.read_text())["target"] == target
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"attacks": ["nope"]}, "unknown attack 'nope'"),
+    ({"target": "zebra"}, "'zebra' is not a category"),
+    ({"workers": 0}, "workers must be >= 1"),
+    ({"source": {"kind": "world", "poison_scenes": "many"}}, "source.poison_scenes: unknown 'many'"),
+    ({"pretrain": {"epochs": 1.5}}, "pretrain.epochs: expected int"),
+    ({"finetune": {"lr": "fast"}}, "finetune.lr: expected float"),
+    ({"detect": {"theta": "high"}}, "detect.theta: expected float"),
+    ({"budget": 999}, "exceed the clean pool"),
+    ({"attacks": [{"name": "badnet", "params": {"size": 99}}]}, "badnet: bad parameters"),
+    ({"defenses": [{"name": "x", "set": "magic"}]}, "unknown set 'magic'"),
+    ({"seeds": [0, 0]}, "each seed may appear once"),
+])
+def test_bad_configs_are_refused_before_anything_is_written(tmp_path, change, message):
+    with pytest.raises(EftclipError, match=message):
+        run_experiment(_cfg(tmp_path, "bad", **change))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_demo_cli_refuses_another_runs_folder_and_prints_the_plan(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"kind": "experiment", "config": {"seeds": [99]}}))
+    assert main(["demo", "--out", str(out), "--quick"]) == 2
+    assert "another configuration" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "plan"), "--plan"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {s["id"] for s in lines} >= {"s0/train_clean", "s0/badnet/train_poisoned", "s0/badnet/detect"}
+    assert not (tmp_path / "plan").exists(), "--plan runs nothing"
