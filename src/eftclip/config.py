@@ -9,7 +9,10 @@ file (``--config FILE``), then explicit flags.  YAML is parsed with
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
@@ -37,7 +40,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def from_mapping(cls: type[T], values: Mapping[str, Any], *, source: str = "config") -> T:
+def from_mapping(cls: type[T], values: Mapping[str, Any], *, source: str = "config", _nested: bool = False) -> T:
     """Build dataclass ``cls`` from ``values``; unknown keys are an error naming them.
 
     Keys may be written with dashes or underscores.  Nested dataclass fields
@@ -53,9 +56,114 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], *, source: str = "conf
         ftype = fields[name].type
         target = _resolve_type(cls, name, ftype)
         if dataclasses.is_dataclass(target) and isinstance(value, Mapping):
-            value = from_mapping(target, value, source=f"{source}.{key}")
+            value = from_mapping(target, value, source=f"{source}.{key}", _nested=True)
+        elif target is not None:
+            # "run.yaml: epochs" at the top, "study.yaml.pretrain.epochs" inside a nested section
+            value = check_value(value, target, f"{source}.{key}" if _nested else f"{source}: {key}")
         kwargs[name] = value
+    missing = [n for n, f in fields.items() if f.init and n not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise EftclipError(f"{source}: missing required key(s): {', '.join(missing)}")
     return cls(**kwargs)
+
+
+def check_value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against the type ``hint`` (and lightly converted), else an error naming ``where``.
+
+    Catches what YAML lets through before any heavy stage runs: ``epochs: 1.5``,
+    ``lr: "fast"``, ``theta: "high"``, ``lr: .inf``.  Conversions: a float field
+    takes an int or a numeric string (YAML 1.1 reads ``1e-5`` as a string);
+    a tuple field takes a list.  ``where`` names the file and key, e.g. ``"run.yaml: lr"``;
+    the message reads ``"run.yaml: lr: expected float (a finite number), got 'fast'"``.
+    """
+    ok, converted = _conforms(value, hint)
+    if not ok:
+        raise EftclipError(f"{where}: expected {_short(hint)} ({_describe(hint)}), got {value!r}")
+    return converted
+
+
+def _conforms(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is None or isinstance(hint, typing.TypeVar):
+        return True, value
+    if hint is type(None):
+        return value is None, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, converted = _conforms(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is typing.Literal:
+        return value in args, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        return _as_float(value)
+    if hint is str:
+        return isinstance(value, str), value
+    if origin in (tuple, list) or hint in (tuple, list):
+        return _sequence(value, origin or hint, args)
+    if origin in (dict, Mapping) or hint is dict:
+        return isinstance(value, Mapping), value
+    return True, value  # a type this checker does not know: the dataclass itself decides
+
+
+def _as_float(value: Any) -> tuple[bool, Any]:
+    if isinstance(value, bool):
+        return False, value
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False, value
+    if not isinstance(value, (int, float)):
+        return False, value
+    # NaN and infinity are never a sensible setting, and a NaN lr trains a NaN model
+    return math.isfinite(value), float(value)
+
+
+def _sequence(value: Any, kind: type, args: tuple) -> tuple[bool, Any]:
+    if not isinstance(value, (list, tuple)):
+        return False, value
+    if not args:
+        return True, kind(value)
+    item_types = [args[0]] * len(value) if len(args) == 1 or args[-1] is Ellipsis else list(args)
+    if len(item_types) != len(value):
+        return False, value
+    items = []
+    for item, hint in zip(value, item_types):
+        ok, converted = _conforms(item, hint)
+        if not ok:
+            return False, value
+        items.append(converted)
+    return True, kind(items)
+
+
+def _short(hint: Any) -> str:
+    # the type as Python spells it: int, float/null, list
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return "/".join(_short(a) for a in args)
+    if hint is type(None):
+        return "null"
+    return getattr(origin or hint, "__name__", str(hint))
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (tuple, list):
+        return f"a list (each {_describe(args[0])})" if args else "a list"
+    names = {int: "a whole number", float: "a finite number", str: "a string", bool: "true or false",
+             type(None): "null", dict: "a mapping"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,8 +202,6 @@ def _plain(obj: Any) -> Any:
 
 def _resolve_type(cls: type, name: str, ftype: Any) -> Any:
     if isinstance(ftype, str):
-        import typing
-
         try:
             hints = typing.get_type_hints(cls)
         except Exception:  # forward references we cannot resolve: treat as opaque

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -82,8 +83,41 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (keys in insertion order)."""
-    write_text(path, json.dumps(obj, indent=indent, default=json_default) + "\n")
+    """Write ``obj`` as strict JSON to ``path`` atomically (keys in insertion order; see :func:`dumps`)."""
+    write_text(path, dumps(obj, indent=indent) + "\n")
+
+
+# key added to a mapping whose non-finite floats were written as null: says which ones, and why
+NONFINITE_NOTE = "nonfinite_as_null"
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as strict JSON: never a ``NaN`` or ``Infinity`` literal (they are not JSON).
+
+    Non-finite floats are written as ``null``; when ``obj`` is a mapping, the
+    key :data:`NONFINITE_NOTE` lists where (``"metrics.ca_top1"``), so a
+    reader can tell a missing value from a broken one.
+    """
+    try:
+        return json.dumps(obj, indent=indent, default=json_default, allow_nan=False)
+    except ValueError:
+        pass  # a NaN or infinity somewhere: the slow path below finds and replaces them
+    where: list[str] = []
+    clean = _finite(json.loads(json.dumps(obj, default=json_default)), "", where)
+    if isinstance(clean, dict) and where:
+        clean[NONFINITE_NOTE] = where
+    return json.dumps(clean, indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any, at: str, where: list[str]) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        where.append(at or "$")
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{at}.{k}" if at else str(k), where) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v, f"{at}[{i}]", where) for i, v in enumerate(obj)]
+    return obj
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -101,7 +135,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def append_jsonl(fh: IO[str], obj: Any) -> None:
     """Append one JSON line to an open text handle and push it to disk."""
-    fh.write(json.dumps(obj, default=json_default) + "\n")
+    fh.write(dumps(obj) + "\n")
     fh.flush()
     os.fsync(fh.fileno())
 
@@ -137,13 +171,13 @@ def repair_jsonl(path: str | os.PathLike) -> list[Any]:
     if Path(path).exists():
         with atomic_open(path, "w") as fh:
             for rec in records:
-                fh.write(json.dumps(rec, default=json_default) + "\n")
+                fh.write(dumps(rec) + "\n")
     return records
 
 
 def plain_json(obj: Any) -> Any:
     """``obj`` as plain JSON data (numpy values, paths and sets converted as :func:`write_json` does)."""
-    return json.loads(json.dumps(obj, default=json_default))
+    return json.loads(dumps(obj))
 
 
 def json_default(obj: Any) -> Any:
@@ -155,3 +189,20 @@ def json_default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset)):
         return sorted(obj)
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def portable_paths(obj: Any, base: str | os.PathLike) -> Any:
+    """``obj`` with every absolute path string rewritten relative to ``base`` (POSIX separators).
+
+    Results meant to be committed (``benchmarks/results/``) must not carry the
+    folders of the machine that made them: write paths relative to the
+    repository (or the config file) with this before :func:`write_json`.
+    Strings that are not absolute paths are left alone.
+    """
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, base) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable_paths(v, base) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj) and "\n" not in obj:
+        return Path(os.path.relpath(obj, base)).as_posix()
+    return obj

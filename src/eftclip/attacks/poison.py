@@ -106,6 +106,23 @@ def _count(num: int | None, rate: float | None, total: int) -> int:
     return n
 
 
+def _drop_replaced_images(previous: dict, out: Path, images_dir: Path, *, keep: set[Path],
+                          protected: set[Path]) -> None:
+    """Delete the images of a replaced poisoning that the new one does not rewrite.
+
+    Only files under ``out/images`` that the old manifest lists are candidates, and
+    never one that the new source refers to (``protected``): the source may be an
+    earlier poisoning's CSV, and a stale or edited manifest must not be able to
+    make ``--force`` delete an input.
+    """
+    images_dir = images_dir.resolve()
+    for entry in previous.get("poisoned", []):
+        name = entry.get("image", "") if isinstance(entry, dict) else ""
+        old = (out / str(name)).resolve()
+        if old.parent == images_dir and old not in keep and old not in protected and old.is_file():
+            old.unlink()
+
+
 def poison_dataset(
     data: str | os.PathLike,
     trigger: Trigger | str,
@@ -243,12 +260,8 @@ def poison_dataset(
         out_names[i] = path
 
     if force and previous is not None:
-        # drop images of the replaced poisoning that this one does not rewrite
-        keep = {p.resolve() for p in out_names.values()}
-        for entry in previous.get("poisoned", []):
-            old = (out / entry.get("image", "")).resolve()
-            if old.parent == images_dir.resolve() and old not in keep and old.is_file():
-                old.unlink()
+        _drop_replaced_images(previous, out, images_dir, keep={p.resolve() for p in out_names.values()},
+                              protected={Path(p) for p in source_images})
 
     poisoned_entries = []
     captions: dict[int, str] = {}

@@ -15,6 +15,7 @@ import importlib
 import sys
 
 from eftclip import __version__
+from eftclip.cli.failures import resource_message
 from eftclip.errors import EftclipError
 
 # verb module names, in the order of the pipeline; a missing module is skipped
@@ -63,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     except EftclipError as exc:
         print(f"eftclip: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        # a disk that is full or read-only: name the file; writes are atomic, so nothing is half-written
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"eftclip: error: cannot read or write{where}: {exc.strerror or exc}; files already "
-              "written are intact, run the same command again once this is fixed", file=sys.stderr)
+    except (OSError, MemoryError, RuntimeError, AssertionError) as exc:
+        # a full disk, a missing CUDA device: one named line; anything unrecognised is a bug and keeps its traceback
+        message = resource_message(exc)
+        if message is None:
+            raise
+        print(f"eftclip: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("eftclip: interrupted; run the same command again to continue "

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from eftclip.cli.checks import warn_empty_profile
+from eftclip.guards import check_count, check_io
+
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -47,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from eftclip.curation import curate
     from eftclip.detection.vocab import load_vocab
 
+    check_count(args.size, "--size", optional=False)
+    check_io({"--detection": args.detection, "--pool": args.pool, "--clip-checkpoint": args.clip_checkpoint,
+              "--vocab": args.vocab}, {"--out": args.out})
+    warn_empty_profile(args.detection, args.profile)
     vocab = load_vocab(args.vocab) if args.vocab else None
     m = curate(args.detection, args.pool, size=args.size, unaffected_ratio=args.unaffected_ratio, out=args.out,
                seed=args.seed, label_by=args.label_by, clip_checkpoint=args.clip_checkpoint, vocab=vocab,

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from eftclip.cli.checks import check_detect_inputs
 from eftclip.errors import EftclipError
 
 
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
         args.checkpoint = resolve_clip_weights(checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained)[0]
     cfg = build_config(args)
+    check_detect_inputs(cfg, config=args.config)
     if args.model or args.pretrained:
         bundle = load_clip(checkpoint=None if args.pretrained else cfg.checkpoint, model=args.model,
                            pretrained=args.pretrained, device=cfg.device)

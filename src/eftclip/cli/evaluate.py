@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from eftclip.errors import EftclipError
+from eftclip.guards import check_count, check_device, check_io, check_output_file
 
 _EPILOG = """\
 examples:
@@ -121,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
         raise EftclipError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.workers < 0:
         raise EftclipError(f"--workers must be 0 or more, not {args.workers}")
+    check_count(args.max_per_class, "--max-per-class")
+    # before any work: the report must not land on an input, and must be writable at all
+    check_io({"--checkpoint": args.checkpoint, "--data": args.data, "--classes": args.classes,
+              "--templates": args.templates}, {"--out": args.out})
+    if args.out:
+        check_output_file(args.out, "--out")
+    check_device(args.device)
 
     resolve_clip_weights(checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained)  # fail fast
     dataset = ImageFolderSet(args.data, args.classes, max_per_class=args.max_per_class)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from eftclip.cli.checks import check_run_io
+from eftclip.io import dumps
 
 from eftclip.training.cli_args import add_config_flags, config_from_args
 from eftclip.training.config import FinetuneConfig
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.model = resolve_clip_weights(
             checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained)
     cfg = config_from_args(args, FinetuneConfig)
+    check_run_io(cfg, checkpoint=cfg.checkpoint)
     summary = finetune(cfg)
     if world_from_env()[0] == 0:
-        print(json.dumps(summary, indent=2, default=str))
+        print(dumps(summary, indent=2))
     return 0

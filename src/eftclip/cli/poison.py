@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 from eftclip.errors import EftclipError
+from eftclip.guards import check_count, check_io
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -126,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
     from eftclip.attacks.poison import poison_dataset
 
     params = parse_params(args.attack_param)
+    check_count(args.num, "--num", optional=False)
+    check_io({"--data": args.data, "--templates": args.templates, "pattern_file": params.get("pattern_file")},
+             {"--out": args.out})
     if args.attack == "trojannn" and "pattern_file" not in params:
         if not args.trojannn_model:
             raise EftclipError(

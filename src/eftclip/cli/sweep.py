@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from eftclip.cli.checks import check_detect_inputs
 from eftclip.cli.detect import parse_kv
 from eftclip.errors import EftclipError
+from eftclip.guards import check_count, check_device
 
 
 def _list(text: str | None, kind, flag: str):
@@ -66,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from eftclip.models import load_clip
     from eftclip.oracles import model_kwargs
 
+    check_count(args.max_images, "--max-images")  # cheap checks before the model is loaded
+    check_device(args.device)
     # the CLIP by file or by name, loaded before anything is written (an uncached tag leaves no --out)
     bundle = load_clip(checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, device=args.device)
     cfg = SweepConfig(
@@ -79,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         min_count=args.min_count, include_clean=not args.no_clean, max_images=args.max_images,
         batch_size=args.batch_size, device=args.device, seed=args.seed,
     )
+    check_detect_inputs(cfg)
     rows = run_sweep(cfg, bundle=bundle)
     best = max((r["detection_rate"] or 0.0 for r in rows), default=0.0)
     print(f"sweep: {len(rows)} settings, best detection rate {best:.3f} -> {args.out}", file=sys.stderr)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from eftclip.cli.checks import check_run_io
+from eftclip.io import dumps
 
 from eftclip.training.cli_args import add_config_flags, config_from_args
 from eftclip.training.config import TrainConfig
@@ -32,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from eftclip.training.distributed import world_from_env
 
     cfg = config_from_args(args, TrainConfig)
+    check_run_io(cfg)
     summary = train(cfg)
     if world_from_env()[0] == 0:
-        print(json.dumps(summary, indent=2, default=str))
+        print(dumps(summary, indent=2))
     return 0
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from eftclip.guards import check_count, check_io
+from eftclip.io import dumps
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -52,7 +54,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
     size = args.size or ("quick" if args.quick else "default")
     paths = synth(args.out, seed=args.seed, size=size, image_size=args.image_size, train=args.train, overwrite=args.overwrite)
-    print(json.dumps(paths, indent=2))
+    print(dumps(paths, indent=2))
     return 0
 
 
@@ -63,7 +65,9 @@ def run_oracle(args: argparse.Namespace) -> int:
     from eftclip.world import train_region_classifier, world_paths
 
     paths = world_paths(args.world)
+    check_count(args.epochs, "--epochs", optional=False)
+    check_io({"--world": args.world}, {"--out": args.out})
     out = train_region_classifier(paths["reference"], args.out, seed=args.seed, epochs=args.epochs, seconds=args.seconds)
     meta = read_json(Path(out).with_suffix(".json"))
-    print(json.dumps({"region_classifier": str(out), "metrics": meta["metrics"]}, indent=2))
+    print(dumps({"region_classifier": str(out), "metrics": meta["metrics"]}, indent=2))
     return 0

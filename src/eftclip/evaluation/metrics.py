@@ -45,7 +45,10 @@ def topk_hits(scores: Any, true: Any, k: int = 1) -> np.ndarray:
 
     Returns:
         ``(N,)`` bool.  Ties are broken by class index (lower first), so the
-        result does not depend on the sort algorithm.
+        result does not depend on the sort algorithm.  A NaN score is never a
+        hit: a sample whose true-class score is NaN misses, and a NaN score of
+        another class ranks below every number (so it cannot push the true
+        class out, nor let it in by failing every comparison).
     """
     s = _as_scores(scores)
     t = _as_int_array(true, "true labels")
@@ -56,10 +59,28 @@ def topk_hits(scores: Any, true: Any, k: int = 1) -> np.ndarray:
         raise ValueError(f"true labels must lie in [0, {c}), got range [{t.min()}, {t.max()}]")
     k = max(1, min(int(k), c))
     true_score = s[np.arange(n), t]
+    # a NaN of another class never beats nor ties (its comparisons are False); a NaN true score is masked below
     # rank of the true class = how many classes beat it (strictly higher, or equal with a lower index)
     higher = (s > true_score[:, None]).sum(axis=1)
     tied_before = ((s == true_score[:, None]) & (np.arange(c)[None, :] < t[:, None])).sum(axis=1)
-    return (higher + tied_before) < k
+    # every comparison with a NaN true score is False, so it would rank first: it is a miss instead
+    return ((higher + tied_before) < k) & ~np.isnan(true_score)
+
+
+def predictions(scores: Any) -> np.ndarray:
+    """Top-1 class of each row of ``scores (N, C)``; NaN scores rank last, a row of only NaN predicts -1.
+
+    ``argmax`` picks a NaN as the maximum, so a broken model would "predict"
+    whatever class first turned NaN; -1 matches no class, so every metric
+    counts it as a miss (never as a correct answer or an attack success).
+    """
+    s = _as_scores(scores)
+    if s.shape[1] == 0:
+        return np.full(s.shape[0], -1, dtype=np.int64)
+    nan = np.isnan(s)
+    pred = np.where(nan, -np.inf, s).argmax(axis=1).astype(np.int64)
+    pred[nan.all(axis=1)] = -1
+    return pred
 
 
 def topk_accuracy(scores: Any, true: Any, k: int = 1) -> float:
@@ -154,6 +175,7 @@ __all__: Sequence[str] = [
     "attack_success_rate",
     "nan_to_none",
     "per_class_rates",
+    "predictions",
     "topk_accuracy",
     "topk_hits",
 ]

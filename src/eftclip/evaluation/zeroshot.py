@@ -25,7 +25,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from eftclip.errors import EftclipError
-from eftclip.evaluation.metrics import attack_success_rate, nan_to_none, per_class_rates, topk_hits
+from eftclip.evaluation.metrics import attack_success_rate, nan_to_none, per_class_rates, predictions, topk_hits
+from eftclip.guards import require_finite
 
 # prompts per text-encoder batch in text_classifier
 _TEXT_BATCH = 1024
@@ -82,7 +83,13 @@ def text_classifier(
     finally:
         model.train(was_training)
     emb = torch.cat(chunks).reshape(len(classnames), len(templates), -1)
+    require_finite(emb, f"{_model_label(bundle)}: text features")
     return F.normalize(emb.mean(dim=1), dim=-1)
+
+
+def _model_label(bundle) -> str:
+    # errors name the checkpoint file when there is one, else the architecture
+    return str(getattr(bundle, "checkpoint", None) or getattr(bundle, "name", "the model"))
 
 
 def _model_on(bundle, device) -> torch.nn.Module:
@@ -129,6 +136,7 @@ def image_features(
         for start in range(0, len(images), batch_size):
             x = torch.stack([bundle.preprocess_val(_to_pil(im)) for im in images[start:start + batch_size]])
             out.append(_encode(model, x.to(device)))
+            require_finite(out[-1], f"{_model_label(bundle)}: image features")
     finally:
         model.train(was_training)
     if not out:
@@ -267,16 +275,19 @@ def evaluate(
             for clean, triggered, has_trigger, labels in loader:
                 b = labels.shape[0]
                 sl = slice(pos, pos + b)
-                scores = _encode(model, clean.to(device)) @ classifier.T
+                feats = _encode(model, clean.to(device))
+                require_finite(feats, f"{_model_label(bundle)}: image features")
+                scores = feats @ classifier.T
                 labels_np = labels.numpy()
                 true[sl] = labels_np
-                pred[sl] = scores.argmax(dim=1).cpu().numpy()
+                pred[sl] = predictions(scores)
                 hit1[sl] = topk_hits(scores, labels_np, 1)
                 hit5[sl] = topk_hits(scores, labels_np, k5)
                 if has_trigger.any():
                     rows = has_trigger.nonzero().squeeze(1)
-                    t_scores = _encode(model, triggered[rows].to(device)) @ classifier.T
-                    pred_trig[pos + rows.numpy()] = t_scores.argmax(dim=1).cpu().numpy()
+                    t_feats = _encode(model, triggered[rows].to(device))
+                    require_finite(t_feats, f"{_model_label(bundle)}: image features of triggered images")
+                    pred_trig[pos + rows.numpy()] = predictions(t_feats @ classifier.T)
                 pos += b
                 bar.update(b)
     finally:

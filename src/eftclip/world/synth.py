@@ -22,7 +22,6 @@ so an interrupted run leaves no half-written world.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import sys
@@ -35,6 +34,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from eftclip.errors import EftclipError
+from eftclip.guards import check_owned
+from eftclip.io import dumps
 from eftclip.world.captions import caption_for
 from eftclip.world.categories import DEFAULT_CATEGORIES, SHAPES
 from eftclip.world.regions import box_iou
@@ -147,7 +148,7 @@ def _write_scenes(root: Path, name: str, n: int, categories, size: WorldSize, im
         w.writerows(rows)
     with open(folder / f"{name}_meta.jsonl", "w", encoding="utf-8") as fh:
         for m in metas:
-            fh.write(json.dumps(m) + "\n")
+            fh.write(dumps(m) + "\n")
 
 
 def crop_box(image: np.ndarray, box, margin: float = 0.0) -> np.ndarray:
@@ -206,7 +207,7 @@ def _write_reference(root: Path, categories, size: WorldSize, image_size: int, r
         i += 1
     with open(folder / "reference_meta.jsonl", "w", encoding="utf-8") as fh:
         for m in meta:
-            fh.write(json.dumps(m) + "\n")
+            fh.write(dumps(m) + "\n")
 
 
 def _write_eval(root: Path, categories, size: WorldSize, image_size: int, rng) -> None:
@@ -259,6 +260,8 @@ def synth(
         raise EftclipError("world categories must be distinct and must not include 'background'")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise EftclipError(f"{out}: already exists and is not empty (pass overwrite / --overwrite)")
+    # --overwrite replaces a world, never an arbitrary folder: world.json proves eftclip wrote it
+    check_owned(out, "world.json", "--out", "a world")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
@@ -269,8 +272,7 @@ def synth(
         _write_reference(stage, categories, wsize, image_size, _rng(seed, "reference"))
         _write_eval(stage, categories, wsize, image_size, _rng(seed, "eval"))
         with open(stage / "classnames.json", "w", encoding="utf-8") as fh:
-            json.dump(categories, fh, indent=2)
-            fh.write("\n")
+            fh.write(dumps(categories, indent=2) + "\n")
         info = {
             "generator_version": GENERATOR_VERSION,
             "seed": int(seed),
@@ -282,8 +284,7 @@ def synth(
             "reference_background_class": BACKGROUND_CLASS,
         }
         with open(stage / "world.json", "w", encoding="utf-8") as fh:
-            json.dump(info, fh, indent=2)
-            fh.write("\n")
+            fh.write(dumps(info, indent=2) + "\n")
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / "old")
