@@ -106,11 +106,19 @@ def _check_attacks(cfg: Any, source: Any) -> None:
         if a.name == "trojannn" and "pattern_file" not in params:
             continue  # its pattern does not exist until it is optimised
         try:
-            create_trigger(a.name, **params)
-        except (TypeError, ValueError) as exc:
+            _try_on_blank(create_trigger(a.name, **params), source.image_size())
+        except (TypeError, ValueError, EftclipError) as exc:
             raise EftclipError(f"attacks: {a.name}: bad parameters {params}: {exc}") from exc
     if cfg.roclip.attack and cfg.roclip.attack not in names:
         raise EftclipError(f"roclip.attack: '{cfg.roclip.attack}' is not one of the attacks ({', '.join(names)})")
+
+
+def _try_on_blank(trigger: Any, size: int) -> None:
+    """Apply the trigger once to a blank image of the source's size: a patch larger than the image,
+    or parameters that only fail on pixels, fail here rather than in the poisoning stage."""
+    import numpy as np
+
+    trigger.apply(np.zeros((size, size, 3), dtype=np.uint8), np.random.default_rng(0))
 
 
 def _check_defenses(cfg: Any, pool: int) -> None:

@@ -270,6 +270,10 @@ def _run(cfg: ExperimentConfig, plan: Plan, cells: list[Cell], out: Path, *, res
     write_json(timing_file, timing)
     metrics = collect(cfg, plan, cells, results, machine=machine, command=command,
                       wall_seconds=timing["wall_seconds"])
+    from eftclip.io import portable_paths
+
+    # committed results must not carry this machine's folders: paths relative to where the run started
+    metrics = portable_paths(metrics, Path.cwd())
     write_experiment_report(out, metrics, plan=plan, cells=cells, results=results)
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -38,6 +38,8 @@ class Source(Protocol):
 
     def pool_size(self) -> int: ...
 
+    def image_size(self) -> int: ...
+
     def truth(self, splits: dict, detect_csv: str) -> tuple[dict, dict]: ...
 
     def check_target(self, target: str) -> None: ...
@@ -178,6 +180,16 @@ class FolderSource:
 
     def pool_size(self) -> int:
         return self.spec.pool
+
+    def image_size(self) -> int:
+        """The side of the folder's first training image (the images of such a folder share one size)."""
+        from PIL import Image
+
+        first = next((p for p in sorted((Path(self.spec.root) / "train").rglob("*")) if p.is_file()), None)
+        if first is None:
+            raise EftclipError(f"source.root: {Path(self.spec.root) / 'train'} holds no image")
+        with Image.open(first) as img:
+            return max(img.size)
 
     def truth(self, splits: dict, detect_csv: str) -> tuple[dict, dict]:
         """``(objects, triggered)`` per detection image (its class label): for scoring only."""

@@ -105,6 +105,13 @@ class WorldSource:
 
         return detection_truth(detect_csv, [splits["detect_meta"]])
 
+    def image_size(self) -> int:
+        import inspect
+
+        from eftclip.world import synth
+
+        return int(inspect.signature(synth).parameters["image_size"].default)
+
     def pool_size(self) -> int:
         from eftclip.world import SIZES
 
