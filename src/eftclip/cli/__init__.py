@@ -27,6 +27,7 @@ VERBS = [
     "evaluate",
     "detect",
     "curate",
+    "defend",
     "sweep",
     "demo",
     "study",

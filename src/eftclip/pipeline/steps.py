@@ -180,14 +180,16 @@ def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *,
             "seconds": time.perf_counter() - t0, "summary": _jsonable(summary)}
 
 
-def evaluate(ctx: Context, checkpoint: str, trig: dict, *, num_workers: int = 0, batch_size: int = 256) -> dict:
-    """``num_workers``: DataLoader workers that load and trigger the images (GPU runs)."""
+def evaluate(ctx: Context, checkpoint: str, trig: dict, *, model_name: str | None = None, num_workers: int = 0,
+             batch_size: int = 256) -> dict:
+    """``num_workers``: DataLoader workers that load and trigger the images (GPU runs); ``model_name``:
+    the architecture of a checkpoint without eftclip's side file (a pretrained model by name)."""
     from eftclip.data.zeroshot import ImageFolderSet
     from eftclip.evaluation.zeroshot import evaluate as zs_evaluate
     from eftclip.models import load_checkpoint
 
     eval_dir, classnames = ctx.eval_spec()
-    bundle = load_checkpoint(checkpoint)
+    bundle = load_checkpoint(checkpoint, model_name=model_name)
     dataset = ImageFolderSet(eval_dir, classnames=classnames)
     device = "cuda" if ctx.device == "auto" and _cuda() else ("cpu" if ctx.device == "auto" else ctx.device)
     return _jsonable(zs_evaluate(bundle, dataset, templates=ctx.templates, trigger=make_trigger(trig),
