@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eftclip.detection.runner import DetectConfig
+from eftclip.detection.trigger_recovery import DEFAULT_METHOD
 from eftclip.errors import EftclipError
 from eftclip.pipeline.experiment import ExperimentConfig
 from eftclip.pipeline.plan import Node, Plan
@@ -44,6 +45,7 @@ class DefendConfig:
     min_share: float = DetectConfig.min_share  # robust q: unconfirmed share for a label to enter K
     min_count: int = DetectConfig.min_count  # robust m: least top-1 images for a label to enter K
     second_look_theta: float | None = None  # oracle threshold of the second look; null = theta
+    recovery: str = DEFAULT_METHOD  # trigger recovery: auto (occlusion, else optimisation) | occlusion | optimise
     size: int = ExperimentConfig.budget  # pairs of the repair set (unlearning pairs included)
     epochs: int | None = None  # fine-tuning passes; null = the eftclip defense's recipe
     eval: str | None = None  # zero-shot ImageFolder for CA and ASR before and after (with classes)
@@ -78,6 +80,9 @@ def check(cfg: DefendConfig) -> Resolved:
             raise EftclipError(f"--{flag} is required")
     cfg = check_files(cfg)
     templates, oracle_args = check_names(cfg)
+    batch = repair_recipe(cfg).batch_size
+    if cfg.size < batch:
+        raise EftclipError(f"--size {cfg.size}: the repair's batch is {batch} pairs; ask for at least that many")
     weights, arch = resolve_model(cfg)
     return Resolved(cfg, weights, arch, _sha256(weights), templates, oracle_args)
 
@@ -111,7 +116,7 @@ def repair_plan(plan: Plan, r: Resolved, target: str) -> dict[str, str]:
                                  params={"theta": c.second_look_theta}, needs={"detection": "detect"},
                                  label="second look at the flagged images"))}
     ids["recover"] = plan.add(Node(id="recover", kind="recover", task="recover_trigger",
-                                   params={"pool": c.pool, "seed": c.seed, "method": "auto"},
+                                   params={"pool": c.pool, "seed": c.seed, "method": c.recovery},
                                    needs={"model": "suspect", "detection": "detect"}, label="recover the trigger"))
     plan.add(Node(id="pool", kind="pool", task="defend_data", params={"pool_csv": c.pool}, label="the clean pool"))
     ids["curate"] = plan.add(Node(

@@ -69,8 +69,14 @@ def check_names(cfg) -> tuple[list, dict]:
 
 
 def _absolute_files(args: dict) -> dict:
-    """Oracle arguments that name existing files, made absolute (the stage runs from anywhere)."""
-    return {k: _absolute(v) if isinstance(v, str) and os.path.exists(v) else v for k, v in args.items()}
+    """Oracle arguments that name existing files (or a weights folder), made absolute (stages run from anywhere).
+
+    Other values stay as written: ``regions=world`` is a method even where ``./world`` exists."""
+    from eftclip.oracles import MODEL_ARGS
+
+    weights = set(MODEL_ARGS.values())
+    return {k: _absolute(v) if isinstance(v, str) and (os.path.isfile(v) or (k in weights and os.path.isdir(v)))
+            else v for k, v in args.items()}
 
 
 def resolve_model(cfg) -> tuple[str, str | None]:

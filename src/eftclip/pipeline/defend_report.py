@@ -32,11 +32,14 @@ def closest_labels(detection: dict, n: int = 3) -> list[dict]:
     return sorted(judged, key=lambda e: (-e["share"], -e["judged"], e["label"]))[:n]
 
 
-def verdict(out: Path, detection: dict, target: str | None) -> str:
+def verdict(out: Path, detection: dict, target: str | None, recovery: dict | None = None) -> str:
     m = detection["metrics"]
     if target:
-        return (f"backdoor found: target '{target}', {m['n_flagged']} of {m['n_images']} images flagged, trigger "
-                f"recovered (mask and pattern saved as PNG: {out / 'trigger' / 'mask.png'}, pattern.png)")
+        found = f"backdoor found: target '{target}', {m['n_flagged']} of {m['n_images']} images flagged, "
+        if (recovery or {}).get("mask_pixels", 0) == 0:
+            return found + (f"no trigger recovered (the recovered mask is empty; saved anyway in "
+                            f"{out / 'trigger'}); the repair's unlearning pairs are the flagged images themselves")
+        return found + f"trigger recovered (mask and pattern saved as PNG: {out / 'trigger' / 'mask.png'}, pattern.png)"
     params = m.get("params", {})
     near = "; ".join(f"'{e['label']}' unconfirmed in {e['unconfirmed']} of {e['judged']} images ({e['share']:.2f})"
                      for e in closest_labels(detection)) or "no label was judged"
@@ -80,14 +83,14 @@ def collect(r, results: dict, ids: dict, target: str | None) -> dict:
     out = Path(r.cfg.out)
     det = results["detect"]
     m = det["metrics"]
-    metrics = {"verdict": verdict(out, det, target), "backdoor_found": bool(target), "target": target,
+    rec = results[ids["recover"]]["summary"] if target else None
+    metrics = {"verdict": verdict(out, det, target, rec), "backdoor_found": bool(target), "target": target,
                "detection": {"K": m.get("K"), "n_flagged": m.get("n_flagged"), "n_images": m.get("n_images"),
                              "n_skipped": m.get("n_skipped"), "affected_labels": det.get("profile"),
                              "closest_labels": None if target else closest_labels(det),
                              "warnings": m.get("warnings", [])}}
     if not target:
         return metrics
-    rec = results[ids["recover"]]["summary"]
     look = results[ids["look"]]
     cur = results[ids["curate"]]["manifest"]
     metrics["second_look"] = {"profile": look["profile"], **look["summary"]}

@@ -61,9 +61,8 @@ def recover_trigger(folder: Path, params: dict, inputs: dict, env: dict) -> dict
     summary = recover_from_detection(inputs["detection"]["dir"], _bundle(inputs["model"], device),
                                      rng=torch.Generator().manual_seed(int(params["seed"])), out=folder / "trigger",
                                      method=params["method"], clean=params["pool"], device=device)
-    trig = summary.pop("trigger")
-    return {"dir": str(folder / "trigger"), "trigger": {"name": trig.pop("name"), "params": trig},
-            "summary": summary}
+    trig = summary.pop("trigger")  # name and params at the top: what the evaluate stage reads as its trigger
+    return {"name": trig.pop("name"), "params": trig, "dir": str(folder / "trigger"), "summary": summary}
 
 
 @task

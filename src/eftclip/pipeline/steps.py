@@ -84,10 +84,16 @@ def build_trigger(ctx: Context, attack: str, params: dict, surrogate_checkpoint:
 
 
 def make_trigger(trig: dict):
+    """The trigger ``{"name", "params"}`` stands for: an attack, or a recovered trigger (mask and pattern
+    files; not an attack, so not in the attack registry)."""
+    import functools
+
     from eftclip.attacks import create_trigger
+    from eftclip.attacks.recovered import RecoveredTrigger
 
     params = {k: v for k, v in trig["params"].items() if k != "name"}
-    return create_trigger(trig["name"], **params)
+    builders = {RecoveredTrigger.name: RecoveredTrigger}
+    return builders.get(trig["name"], functools.partial(create_trigger, trig["name"]))(**params)
 
 
 def poison(ctx: Context, csv: str, trig: dict, *, rate: float | None = None, num: int | None = None,
