@@ -168,13 +168,16 @@ def _evaluation_plan(plan: Plan, r: Resolved, target: str, ids: dict) -> dict[st
     return out
 
 
-def run_defend(cfg: DefendConfig, *, resume: bool = False, force: bool = False, stream=sys.stderr) -> dict:
-    """Run (or continue) ``eftclip defend`` in ``cfg.out``; return the metrics written to ``metrics.json``."""
+def run_defend(cfg: DefendConfig, *, resume: bool = False, force: bool = False, stream=None) -> dict:
+    """Run (or continue) ``eftclip defend`` in ``cfg.out``; return the metrics written to ``metrics.json``.
+
+    ``stream``: where progress lines and the verdict go (default: the current ``sys.stderr``)."""
     from eftclip.config import to_dict
     from eftclip.pipeline.defend_report import finish, target_of
     from eftclip.pipeline.executor import execute
     from eftclip.pipeline.stages import claim_folder
 
+    stream = stream or sys.stderr
     r = check(cfg)
     out = Path(r.cfg.out)
     claim_folder(out, kind="defend", config={k: v for k, v in to_dict(r.cfg).items() if k not in ("progress",)},

@@ -92,14 +92,16 @@ def resolve_model(cfg) -> tuple[str, str | None]:
     return os.path.abspath(weights), arch
 
 
-def relative_config(cfg, out: Path) -> dict:
-    """The config as plain data, with paths relative to ``out`` (the folder the config is written in)."""
+def relative_config(cfg, out: Path, *, oracle_args: dict) -> dict:
+    """The resolved config as plain data, with paths relative to ``out`` (the folder it is written in)."""
     from eftclip.config import to_dict
+
+    def rel(value):
+        return os.path.relpath(value, out) if isinstance(value, str) and os.path.isabs(value) else value
 
     data = to_dict(cfg)
     for key in ("checkpoint", "data", "pool", "vocab", "eval", "classes", "templates", "pretrained"):
-        value = data.get(key)
-        if isinstance(value, str) and os.path.isabs(value):
-            data[key] = os.path.relpath(value, out)
+        data[key] = rel(data.get(key))
+    data["oracle_args"] = {k: rel(v) for k, v in oracle_args.items()}
     data["out"] = "."
     return data

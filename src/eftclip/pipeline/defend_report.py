@@ -49,7 +49,9 @@ def verdict(out: Path, detection: dict, target: str | None, recovery: dict | Non
 
 
 def _place(src: Path, dst: Path) -> None:
-    """``dst`` as a hard link to ``src`` (a copy across file systems), atomically."""
+    """``dst`` as a hard link to ``src`` (a copy across file systems), atomically; already there: nothing."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return  # (a rename onto another link of the same file would do nothing and leave the temporary)
     with atomic_path(dst) as tmp:
         tmp.unlink()
         try:
@@ -116,7 +118,7 @@ def finish(r, plan, results: dict, ids: dict, target: str | None, *, stream=sys.
     out = Path(r.cfg.out)
     metrics = collect(r, results, ids, target)
     metrics["stage_seconds"] = {nid: read_json(plan.folder(nid) / "stage.json")["seconds"] for nid in plan.nodes}
-    write_config(out / "config.yaml", relative_config(r.cfg, out))
+    write_config(out / "config.yaml", relative_config(r.cfg, out, oracle_args=r.oracle_args))
     write_json(out / "metrics.json", metrics)
     write_text(out / "verdict.txt", metrics["verdict"] + "\n")
     write_text(out / "report.md", report_markdown(metrics))
