@@ -19,7 +19,7 @@ def report_markdown(metrics: dict) -> str:
     lines = ["# eftclip defend", "", f"**{metrics['verdict']}**", "", "## Detection", "",
              f"K = {det['K']}; {det['n_flagged']} of {det['n_images']} images flagged"
              + (f" ({det['n_skipped']} unreadable, skipped)" if det.get("n_skipped") else "") + ".", ""]
-    lines += [f"- warning: {w}" for w in det.get("warnings") or []]
+    lines += [f"- warning: {w}" for w in det.get("warnings") or []] + ([""] if det.get("warnings") else [])
     if not metrics["backdoor_found"]:
         lines += ["Labels that came closest to K (share of the images where CLIP ranked them first that the "
                   "oracle left unconfirmed):", "", "| label | judged | unconfirmed | share |", "|---|---|---|---|"]

@@ -37,8 +37,7 @@ def verdict(out: Path, detection: dict, target: str | None, recovery: dict | Non
     if target:
         found = f"backdoor found: target '{target}', {m['n_flagged']} of {m['n_images']} images flagged, "
         if (recovery or {}).get("mask_pixels", 0) == 0:
-            return found + (f"no trigger recovered (the recovered mask is empty; saved anyway in "
-                            f"{out / 'trigger'}); the repair's unlearning pairs are the flagged images themselves")
+            return found + f"no trigger recovered (the recovered mask is empty; saved anyway in {out / 'trigger'})"
         return found + f"trigger recovered (mask and pattern saved as PNG: {out / 'trigger' / 'mask.png'}, pattern.png)"
     params = m.get("params", {})
     near = "; ".join(f"'{e['label']}' unconfirmed in {e['unconfirmed']} of {e['judged']} images ({e['share']:.2f})"
