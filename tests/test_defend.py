@@ -163,3 +163,16 @@ def test_a_rerun_with_other_settings_is_refused_without_resume(world, capsys):
     assert "another configuration (differs in: min_count)" in capsys.readouterr().err
     assert main(_args(world, world["random"], out, "--min-count", "999", "--resume")) == 0
     assert len(list(Path(out, "stages").glob("detect-*"))) == 2  # a new detection stage beside the old one
+
+
+def test_suspect_by_model_and_pretrained_file(world):
+    """``--model NAME --pretrained FILE``: the same stages, the architecture carried to every one of them."""
+    out = world["tmp"] / "by_name"
+    args = _args(world, world["random"], out, "--min-count", "1000")
+    i = args.index("--checkpoint")
+    args[i:i + 2] = ["--model", "eftclip-tiny-rn", "--pretrained", str(world["random"])]
+    assert main(args) == 0
+    suspect = json.loads(next((out / "stages").glob("suspect-*/stage.json")).read_text())["result"]
+    assert suspect == {"checkpoint": str(world["random"]), "model": "eftclip-tiny-rn"}
+    assert (out / "verdict.txt").read_text().startswith("no backdoor found")
+    assert "pretrained: ../random.safetensors" in (out / "config.yaml").read_text()
