@@ -37,8 +37,12 @@ def verdict(out: Path, detection: dict, target: str | None, recovery: dict | Non
     if target:
         found = f"backdoor found: target '{target}', {m['n_flagged']} of {m['n_images']} images flagged, "
         if (recovery or {}).get("mask_pixels", 0) == 0:
-            return found + f"no trigger recovered (the recovered mask is empty; saved anyway in {out / 'trigger'})"
-        return found + f"trigger recovered (mask and pattern saved as PNG: {out / 'trigger' / 'mask.png'}, pattern.png)"
+            found += f"no trigger recovered (the recovered mask is empty; saved anyway in {out / 'trigger'})"
+        else:
+            found += f"trigger recovered (mask and pattern saved as PNG: {out / 'trigger' / 'mask.png'}, pattern.png)"
+        warned = len(m.get("warnings") or [])
+        return found + (f"; but detection warned {warned} time(s) that K may be unreliable (see report.md)"
+                        if warned else "")
     params = m.get("params", {})
     near = "; ".join(f"'{e['label']}' unconfirmed in {e['unconfirmed']} of {e['judged']} images ({e['share']:.2f})"
                      for e in closest_labels(detection)) or "no label was judged"
