@@ -41,7 +41,7 @@ def verdict(out: Path, detection: dict, target: str | None, recovery: dict | Non
         else:
             found += f"trigger recovered (mask and pattern saved as PNG: {out / 'trigger' / 'mask.png'}, pattern.png)"
         warned = len(m.get("warnings") or [])
-        return found + (f"; but detection warned {warned} time(s) that K may be unreliable (see report.md)"
+        return found + (f"; detection gave {warned} warning(s) about this verdict (see report.md)"
                         if warned else "")
     params = m.get("params", {})
     near = "; ".join(f"'{e['label']}' unconfirmed in {e['unconfirmed']} of {e['judged']} images ({e['share']:.2f})"
