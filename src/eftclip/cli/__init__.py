@@ -28,6 +28,7 @@ VERBS = [
     "evaluate",
     "detect",
     "curate",
+    "defend",
     "sweep",
     "demo",
     "study",

@@ -84,10 +84,16 @@ def build_trigger(ctx: Context, attack: str, params: dict, surrogate_checkpoint:
 
 
 def make_trigger(trig: dict):
+    """The trigger ``{"name", "params"}`` stands for: an attack, or a recovered trigger (mask and pattern
+    files; not an attack, so not in the attack registry)."""
+    import functools
+
     from eftclip.attacks import create_trigger
+    from eftclip.attacks.recovered import RecoveredTrigger
 
     params = {k: v for k, v in trig["params"].items() if k != "name"}
-    return create_trigger(trig["name"], **params)
+    builders = {RecoveredTrigger.name: RecoveredTrigger}
+    return builders.get(trig["name"], functools.partial(create_trigger, trig["name"]))(**params)
 
 
 def poison(ctx: Context, csv: str, trig: dict, *, rate: float | None = None, num: int | None = None,
@@ -180,14 +186,16 @@ def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *,
             "seconds": time.perf_counter() - t0, "summary": _jsonable(summary)}
 
 
-def evaluate(ctx: Context, checkpoint: str, trig: dict, *, num_workers: int = 0, batch_size: int = 256) -> dict:
-    """``num_workers``: DataLoader workers that load and trigger the images (GPU runs)."""
+def evaluate(ctx: Context, checkpoint: str, trig: dict, *, model_name: str | None = None, num_workers: int = 0,
+             batch_size: int = 256) -> dict:
+    """``num_workers``: DataLoader workers that load and trigger the images (GPU runs); ``model_name``:
+    the architecture of a checkpoint without eftclip's side file (a pretrained model by name)."""
     from eftclip.data.zeroshot import ImageFolderSet
     from eftclip.evaluation.zeroshot import evaluate as zs_evaluate
     from eftclip.models import load_checkpoint
 
     eval_dir, classnames = ctx.eval_spec()
-    bundle = load_checkpoint(checkpoint)
+    bundle = load_checkpoint(checkpoint, model_name=model_name)
     dataset = ImageFolderSet(eval_dir, classnames=classnames)
     device = "cuda" if ctx.device == "auto" and _cuda() else ("cpu" if ctx.device == "auto" else ctx.device)
     return _jsonable(zs_evaluate(bundle, dataset, templates=ctx.templates, trigger=make_trigger(trig),

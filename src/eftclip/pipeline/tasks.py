@@ -102,8 +102,8 @@ def detect(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
 @task
 def second_look(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
     """Ask the oracle about the whole vocabulary on each flagged image (a copy of the detection's
-    outputs, so the detection stage's folder is never changed); then score both affected-label
-    rules against the source's ground truth, which the defense never reads."""
+    outputs, so the detection stage's folder is never changed); then, when ``params`` name a data
+    source, score both affected-label rules against its ground truth, which the defense never reads."""
     import shutil
 
     from eftclip.detection.profile_truth import score_detection
@@ -117,8 +117,10 @@ def second_look(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
             shutil.copy2(path, looked / path.name)
     # the oracle is rebuilt from the detection's recorded arguments (its device included)
     summary = run_second_look(looked, params.get("theta"), progress=env.get("progress", True))
-    objects, triggered = _source(params).truth(inputs["data"], inputs["images"]["csv"])
-    scores = score_detection(looked, objects, triggered)  # scoring only: written beside, never read back
+    scores = None
+    if "source" in params:  # a study knows the truth; a user's own data (eftclip defend) has none
+        objects, triggered = _source(params).truth(inputs["data"], inputs["images"]["csv"])
+        scores = score_detection(looked, objects, triggered)  # scoring only: written beside, never read back
     return {"dir": str(looked), "summary": {k: v for k, v in summary.items() if k != "profile"},
             "profile": steps.read_profile(looked / "affected_labels_second_look.csv"), "profile_vs_truth": scores}
 
@@ -151,5 +153,8 @@ def finetune(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
 def evaluate(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
     """Zero-shot CA and ASR (overall and per class) of one model under one trigger."""
     ctx = _context(folder, params, env, inputs["data"])
-    return steps.evaluate(ctx, inputs["model"]["checkpoint"], inputs["trigger"],
+    return steps.evaluate(ctx, inputs["model"]["checkpoint"], inputs["trigger"], model_name=inputs["model"].get("model"),
                           num_workers=int(env.get("eval_workers", 0)), batch_size=int(env.get("eval_batch_size", 256)))
+
+
+from eftclip.pipeline import defend_tasks  # noqa: E402,F401  registers the stages of eftclip defend
