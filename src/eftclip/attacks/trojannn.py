@@ -25,6 +25,7 @@ given).
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -208,6 +209,32 @@ def optimise_patch(
     import torch
     from tqdm import tqdm
 
+    arrays, position = _check_optimise_args(rng, steps, size, images, layer, units, position)
+    stamper = _Stamper(bundle, arrays, size, position, device)
+    with _frozen(bundle.model), _excitation(bundle.model, layer, units, device) as excitation:
+        text = target_text_embedding(bundle, target, templates, device)
+        init = torch.rand((3, size, size), generator=rng).clamp(1e-3, 1 - 1e-3)
+        logits = torch.logit(init).to(device).requires_grad_(True)
+        opt = torch.optim.Adam([logits], lr=lr)
+        history: list[float] = []
+        for _ in tqdm(range(steps), desc="trojannn patch", disable=not progress, file=None):
+            batch = _draw_batch(len(arrays), batch_size, rng)
+            feats = bundle.model.encode_image(stamper(batch, torch.sigmoid(logits), rng))
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            sim = (feats @ text).mean()
+            loss = -sim - unit_weight * excitation() if layer is not None else -sim
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history.append(float(sim.detach()))
+        pattern = torch.sigmoid(logits.detach()).mul(255).round().clamp(0, 255).to(torch.uint8)
+        return {"pattern": pattern.permute(1, 2, 0).cpu().numpy(), "history": history}
+
+
+def _check_optimise_args(rng, steps, size, images, layer, units, position) -> tuple[list[np.ndarray], str]:
+    """Raise EftclipError for a bad setting; the images as HWC uint8 arrays and the checked position."""
+    import torch
+
     if rng is None or not isinstance(rng, torch.Generator):
         raise EftclipError("trojannn: optimise needs a torch.Generator as rng (seeded by the caller)")
     if steps < 0:
@@ -219,84 +246,102 @@ def optimise_patch(
     if (layer is None) != (units is None):
         raise EftclipError("trojannn: give both layer and units for neuron excitation, or neither")
     position = check_position(position)
-    pos = parse_position(position)
     arrays = [_as_uint8(im) for im in images]
     for i, arr in enumerate(arrays):
         if size > arr.shape[0] or size > arr.shape[1]:
             raise EftclipError(
                 f"trojannn: patch of {size}x{size} px is larger than image {i} ({arr.shape[1]}x{arr.shape[0]} px)"
             )
-    model = bundle.model
-    crop, mean, std = preprocess_geometry(bundle)
-    mean_t = torch.tensor(mean, device=device).view(3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(3, 1, 1)
-    clean = [torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1).to(device) for a in arrays]
+    return arrays, position
 
-    # fixed positions are computed once; "random" is redrawn every step from rng
-    fixed_xy = None if pos == "random" else [place_patch(position, a.shape[:2], (size, size), None) for a in arrays]
 
-    activation: dict[str, torch.Tensor] = {}
-    hook = None
-    if layer is not None:
-        try:
-            module = model.get_submodule(layer)
-        except AttributeError as exc:
-            raise EftclipError(f"trojannn: model has no layer {layer!r}") from exc
-        hook = module.register_forward_hook(lambda _m, _i, out: activation.__setitem__("a", out))
-        unit_idx = torch.as_tensor(list(units), dtype=torch.long, device=device)  # type: ignore[arg-type]
+def _draw_batch(n: int, batch_size: int, rng) -> list[int]:
+    """The image indices of one step: all of them, or a random ``batch_size`` drawn from ``rng``."""
+    import torch
 
+    if n > batch_size:
+        return torch.randperm(n, generator=rng)[:batch_size].tolist()
+    return list(range(n))
+
+
+class _Stamper:
+    """Stamps a (3, size, size) patch in [0, 1] on chosen images and preprocesses them differentiably."""
+
+    def __init__(self, bundle: Any, arrays: Sequence[np.ndarray], size: int, position: str, device: str):
+        import torch
+
+        self.size, self.position = size, position
+        self.crop, mean, std = preprocess_geometry(bundle)
+        self.mean = torch.tensor(mean, device=device).view(3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(3, 1, 1)
+        self.clean = [torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1).to(device) for a in arrays]
+        # fixed positions are computed once; "random" is redrawn every step from rng
+        self.fixed_xy = (None if parse_position(position) == "random"
+                         else [place_patch(position, a.shape[:2], (size, size), None) for a in arrays])
+
+    def __call__(self, batch: Sequence[int], patch, rng):
+        """``(B, 3, h, w)`` normalised model inputs of images ``batch`` with ``patch`` stamped on."""
+        import torch
+
+        size, inputs = self.size, []
+        for i in batch:
+            x = self.clean[i]
+            if self.fixed_xy is None:
+                H, W = x.shape[1:]
+                px = int(torch.randint(0, W - size + 1, (1,), generator=rng))
+                py = int(torch.randint(0, H - size + 1, (1,), generator=rng))
+            else:
+                px, py = self.fixed_xy[i]
+            stamp = torch.zeros_like(x)
+            region = torch.zeros_like(x)
+            stamp[:, py : py + size, px : px + size] = patch
+            region[:, py : py + size, px : px + size] = 1.0
+            composed = x * (1 - region) + stamp
+            inputs.append((_to_model_input(composed, self.crop) - self.mean) / self.std)
+        return torch.stack(inputs)
+
+
+@contextmanager
+def _frozen(model):
+    """Eval mode and no weight gradients inside the block; the model's own settings restored after."""
     was_training = model.training
     grad_flags = [p.requires_grad for p in model.parameters()]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        text = target_text_embedding(bundle, target, templates, device)
-        init = torch.rand((3, size, size), generator=rng).clamp(1e-3, 1 - 1e-3)
-        logits = torch.logit(init).to(device).requires_grad_(True)
-        opt = torch.optim.Adam([logits], lr=lr)
-        history: list[float] = []
-        for _ in tqdm(range(steps), desc="trojannn patch", disable=not progress, file=None):
-            if len(clean) > batch_size:
-                batch = torch.randperm(len(clean), generator=rng)[:batch_size].tolist()
-            else:
-                batch = list(range(len(clean)))
-            patch = torch.sigmoid(logits)
-            inputs = []
-            for i in batch:
-                x = clean[i]
-                if fixed_xy is None:
-                    H, W = x.shape[1:]
-                    px = int(torch.randint(0, W - size + 1, (1,), generator=rng))
-                    py = int(torch.randint(0, H - size + 1, (1,), generator=rng))
-                else:
-                    px, py = fixed_xy[i]
-                stamp = torch.zeros_like(x)
-                region = torch.zeros_like(x)
-                stamp[:, py : py + size, px : px + size] = patch
-                region[:, py : py + size, px : px + size] = 1.0
-                composed = x * (1 - region) + stamp
-                inputs.append((_to_model_input(composed, crop) - mean_t) / std_t)
-            feats = model.encode_image(torch.stack(inputs))
-            feats = feats / feats.norm(dim=-1, keepdim=True)
-            sim = (feats @ text).mean()
-            loss = -sim
-            if hook is not None:
-                a = activation["a"]
-                a = a.index_select(1 if a.ndim == 4 else a.ndim - 1, unit_idx)
-                loss = loss - unit_weight * a.float().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append(float(sim.detach()))
-        pattern = torch.sigmoid(logits.detach()).mul(255).round().clamp(0, 255).to(torch.uint8)
-        return {"pattern": pattern.permute(1, 2, 0).cpu().numpy(), "history": history}
+        yield
     finally:
-        if hook is not None:
-            hook.remove()
         for p, flag in zip(model.parameters(), grad_flags):
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+@contextmanager
+def _excitation(model, layer: str | None, units: Sequence[int] | None, device: str):
+    """Yields ``() -> mean activation of layer[units]`` of the last forward pass (a hook on ``layer``;
+    removed on exit); without a layer it yields None."""
+    import torch
+
+    if layer is None:
+        yield None
+        return
+    try:
+        module = model.get_submodule(layer)
+    except AttributeError as exc:
+        raise EftclipError(f"trojannn: model has no layer {layer!r}") from exc
+    activation: dict[str, torch.Tensor] = {}
+    hook = module.register_forward_hook(lambda _m, _i, out: activation.__setitem__("a", out))
+    unit_idx = torch.as_tensor(list(units), dtype=torch.long, device=device)  # type: ignore[arg-type]
+
+    def mean_activation():
+        a = activation["a"]
+        return a.index_select(1 if a.ndim == 4 else a.ndim - 1, unit_idx).float().mean()
+
+    try:
+        yield mean_activation
+    finally:
+        hook.remove()
 
 
 def target_similarity(
