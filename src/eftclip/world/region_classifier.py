@@ -147,70 +147,32 @@ def train_region_classifier(
     Trains for ``epochs`` epochs, or stops earlier once ``seconds`` of wall time
     are spent.  A ``val_fraction`` of the crops is held out (stratified by the
     seeded split) and its accuracy is stored in the JSON side file as
-    ``val_accuracy``, beside per-class accuracy.  Returns the ``.safetensors`` path.
+    ``val_accuracy``, beside per-class accuracy.  ``threads``: torch threads
+    while training (restored after).  Returns the ``.safetensors`` path.
     """
-    from safetensors.torch import save_file
+    from eftclip.threads import torch_threads
 
     reference_dir = Path(reference_dir)
     out = Path(out)
     if out.suffix != ".safetensors":
         out = out.with_suffix(".safetensors")
-    if threads:
-        torch.set_num_threads(threads)
-    crops, labels, classes = _read_reference(reference_dir)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
-    gen = torch.Generator().manual_seed(int(seed))
-    x_all = crops_to_tensor(crops, config.input_size)
-    y_all = torch.from_numpy(labels).long()
-    perm = rng.permutation(len(labels))
-    n_val = int(round(config.val_fraction * len(labels)))
-    val_idx, tr_idx = torch.from_numpy(perm[:n_val]), torch.from_numpy(perm[n_val:])
-    xtr, ytr = x_all[tr_idx], y_all[tr_idx]
-
-    # the layers' default init draws from the global RNG: fork it so that the caller's stream
-    # is left as it was, then initialise from our own generator
-    with torch.random.fork_rng(devices=[]):
-        net = RegionNet(len(classes), tuple(config.widths))
-    _init(net, gen)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(ytr) / config.batch_size))
-    total = steps_per_epoch * epochs
-    start = time.perf_counter()
-    step = 0
-    net.train()
-    with tqdm(total=total, desc="region classifier", file=sys.stderr, leave=False, mininterval=1.0) as bar:
-        for epoch in range(epochs):
-            order = torch.randperm(len(ytr), generator=gen)
-            for b in range(steps_per_epoch):
-                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-                xb = xtr[idx]
-                # flips keep a silhouette's category; the world draws both orientations
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
-                lr = config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                loss = F.cross_entropy(net(xb), ytr[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                bar.update(1)
-                if seconds is not None and time.perf_counter() - start >= seconds:
-                    break
-            if seconds is not None and time.perf_counter() - start >= seconds:
-                break
-    net.eval()
-    metrics = {"steps": step, "train_seconds": round(time.perf_counter() - start, 2), "final_loss": float(loss.item())}
-    if n_val:
-        with torch.no_grad():
-            pred = net(x_all[val_idx]).argmax(1)
-        yv = y_all[val_idx]
-        metrics["val_accuracy"] = float((pred == yv).float().mean())
-        metrics["val_n"] = int(n_val)
-        metrics["val_per_class"] = {
-            c: float((pred[yv == i] == i).float().mean()) for i, c in enumerate(classes) if (yv == i).any()
-        }
+    with torch_threads(threads or None):
+        crops, labels, classes = _read_reference(reference_dir)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 77]))
+        gen = torch.Generator().manual_seed(int(seed))
+        x_all = crops_to_tensor(crops, config.input_size)
+        y_all = torch.from_numpy(labels).long()
+        perm = rng.permutation(len(labels))
+        n_val = int(round(config.val_fraction * len(labels)))
+        val_idx, tr_idx = torch.from_numpy(perm[:n_val]), torch.from_numpy(perm[n_val:])
+        # the layers' default init draws from the global RNG: fork it so that the caller's stream
+        # is left as it was, then initialise from our own generator
+        with torch.random.fork_rng(devices=[]):
+            net = RegionNet(len(classes), tuple(config.widths))
+        _init(net, gen)
+        metrics = _fit(net, x_all[tr_idx], y_all[tr_idx], config, gen, epochs=epochs, seconds=seconds)
+        if n_val:
+            metrics.update(_held_out_accuracy(net, x_all[val_idx], y_all[val_idx], classes))
     meta = {
         "format": FORMAT,
         "classnames": classes,
@@ -221,11 +183,68 @@ def train_region_classifier(
         "n_crops": len(labels),
         "metrics": metrics,
     }
+    _save(out, net, meta)
+    return out
+
+
+def _fit(net: RegionNet, xtr: torch.Tensor, ytr: torch.Tensor, config: RegionClassifierConfig,
+         gen: torch.Generator, *, epochs: int, seconds: float | None) -> dict:
+    """AdamW with a cosine lr over ``epochs`` (or until ``seconds`` pass), random flips drawn from ``gen``;
+    returns ``{"steps", "train_seconds", "final_loss"}`` and leaves ``net`` in eval mode."""
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(ytr) / config.batch_size))
+    total = steps_per_epoch * epochs
+    start = time.perf_counter()
+    step = 0
+
+    def out_of_time() -> bool:
+        return seconds is not None and time.perf_counter() - start >= seconds
+
+    net.train()
+    with tqdm(total=total, desc="region classifier", file=sys.stderr, leave=False, mininterval=1.0) as bar:
+        for _ in range(epochs):
+            order = torch.randperm(len(ytr), generator=gen)
+            for b in range(steps_per_epoch):
+                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+                xb = xtr[idx]
+                # flips keep a silhouette's category; the world draws both orientations
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+                for g in opt.param_groups:
+                    g["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                loss = F.cross_entropy(net(xb), ytr[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                bar.update(1)
+                if out_of_time():
+                    break
+            if out_of_time():
+                break
+    net.eval()
+    return {"steps": step, "train_seconds": round(time.perf_counter() - start, 2), "final_loss": float(loss.item())}
+
+
+def _held_out_accuracy(net: RegionNet, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict:
+    """``val_accuracy``, ``val_n`` and ``val_per_class`` (classes present in ``y``) of ``net`` on ``x``."""
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    return {
+        "val_accuracy": float((pred == y).float().mean()),
+        "val_n": int(len(y)),
+        "val_per_class": {c: float((pred[y == i] == i).float().mean()) for i, c in enumerate(classes) if (y == i).any()},
+    }
+
+
+def _save(out: Path, net: RegionNet, meta: dict) -> None:
+    """The weights as ``out`` (safetensors) and ``meta`` as its JSON side file, each atomically."""
+    from safetensors.torch import save_file
+
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT})
     write_json(out.with_suffix(".json"), meta)
-    return out
 
 
 def load_region_classifier(path: str | os.PathLike) -> RegionClassifier:
