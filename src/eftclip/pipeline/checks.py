@@ -141,6 +141,6 @@ def _check_defenses(cfg: Any, pool: int) -> None:
         if pairs > pool:
             raise EftclipError(f"defenses: {d.name}: {pairs} pairs (scale {d.scale} x budget {cfg.budget}) exceed "
                                f"the clean pool ({pool} pairs)")
-        for share in ("unaffected_ratio", "unlearn_share"):
+        for share in ("unaffected_ratio", "unlearn_share", "stamp_share"):
             if not 0 <= getattr(d, share) <= 1:
                 raise EftclipError(f"defenses: {d.name}: {share} must be in [0, 1], got {getattr(d, share)}")

@@ -28,6 +28,8 @@ class CellPlan(Protocol):
 
     def detect_set_id(self) -> str: ...
 
+    def recovered_id(self) -> str: ...
+
 
 SET_BUILDERS: dict[str, Callable[[CellPlan, DefenseSpec, int], str]] = {}
 
@@ -53,6 +55,16 @@ def curated_set(cell: CellPlan, spec: DefenseSpec, size: int) -> str:
     """The paper's compact set: pool pairs following the detection's affected-label profile."""
     options = {"profile": "paper", **({"repair_share": spec.unlearn_share} if spec.unlearn_share else {})}
     return _curate(cell, spec, size, options, cell.detection_id())
+
+
+@set_builder("eftclip_stamp")
+def eftclip_stamp_set(cell: CellPlan, spec: DefenseSpec, size: int) -> str:
+    """The ``eftclip`` set, with ``stamp_share`` of its pairs stamped with the recovered trigger."""
+    curated = eftclip_set(cell, spec, size)
+    return cell.add(Node(id=f"{cell.prefix}/stamp_{spec.name}", kind="stamp", task="stamp_set",
+                         params={"share": spec.stamp_share, "seed": cell.seed},
+                         needs={"set": curated, "recovered": cell.recovered_id()},
+                         label=f"stamp the recovered trigger on {spec.stamp_share:.0%} of {spec.name}'s pairs"))
 
 
 @set_builder("eftclip")

@@ -98,6 +98,9 @@ class _CellPlan:
     def detect_set_id(self) -> str:
         return self.cell.ids["detect_set"]
 
+    def recovered_id(self) -> str:
+        return self.cell.ids["recover"]
+
 
 def _numbers(recipe: Any) -> dict:
     return {k: v for k, v in dataclasses.asdict(recipe).items() if k not in SPEED_ONLY}
@@ -179,6 +182,15 @@ def _detection_stages(plan: Plan, cfg: ExperimentConfig, src: dict, templates: l
         params={"source": src, "recipe": recipe, "templates": templates, "target": cell.target, "seed": cell.seed},
         needs={"data": ids["data"], "model": ids["poisoned"], "images": ids["detect_set"], "oracle": ids["oracle"]},
         speed={"batch_size": d.batch_size}, label="detect triggers and affected labels"))
+    ids["recover"] = plan.add(Node(
+        id=f"{p}/recover_trigger", kind="recover", task="recover_cell_trigger",
+        params={"seed": cell.seed, "method": "auto"},
+        needs={"detection": ids["detect"], "model": ids["poisoned"], "data": ids["data"]},
+        label="recover the trigger (mask and pattern) from the flagged images"))
+    ids["trigger_iou"] = plan.add(Node(
+        id=f"{p}/trigger_iou", kind="trigger_iou", task="trigger_iou", params={"images": 64, "seed": cell.seed},
+        needs={"recovered": ids["recover"], "true": ids["trigger"], "data": ids["data"]},
+        label="score the recovered mask against the true trigger (scoring only)"))
 
 
 def _defense_stages(plan: Plan, cfg: ExperimentConfig, src: dict, cell: Cell) -> None:

@@ -45,8 +45,17 @@ def cell_metrics(cfg: Any, plan: Plan, cell: Any, results: dict) -> dict:
                       **({"second_look_profile": look["profile"], "profile_vs_truth": look["profile_vs_truth"],
                           "second_look": look["summary"]} if look else {})},
         "defenses": defenses,
+        "trigger_recovery": _recovery(results, ids),
         "stage_seconds": {node_id: stage_seconds(plan, node_id) for node_id in _cell_stage_ids(plan, cell)},
     }
+
+
+def _recovery(results: dict, ids: dict) -> dict | None:
+    if "recover" not in ids:
+        return None
+    summary = results[ids["recover"]]["summary"]
+    keep = ("method", "mask_pixels", "mask_area", "recovered_asr", "n_flagged", "n_clean")
+    return {**{k: summary.get(k) for k in keep}, "iou_with_true_trigger": results[ids["trigger_iou"]]["iou"]}
 
 
 def _cell_stage_ids(plan: Plan, cell: Any) -> list[str]:

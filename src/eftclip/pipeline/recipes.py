@@ -82,6 +82,7 @@ class DefenseSpec:
     scale: float = 1.0  # pairs = scale x the experiment's budget
     unaffected_ratio: float = 0.25  # R of the curated sets: share for labels detection did not find affected
     unlearn_share: float = 0.0  # share of the set taken from flagged images captioned with what is there
+    stamp_share: float = 0.0  # "eftclip_stamp": share of the set's pairs stamped with the recovered trigger
     profile: str = "second_look"  # profile the "eftclip" set's pool pairs follow: second_look | paper
     objective: str | None = None  # overrides FinetuneRecipe.objective
     lr: float | None = None  # overrides FinetuneRecipe.lr

@@ -158,3 +158,43 @@ def evaluate(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
 
 
 from eftclip.pipeline import defend_tasks  # noqa: E402,F401  registers the stages of eftclip defend
+
+
+@task
+def recover_cell_trigger(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
+    """Mask and pattern of the trigger from the flagged images, K, the suspect model and the clean pool
+    (what a defender has; the cell's true trigger is never read)."""
+    import torch
+
+    from eftclip.detection.trigger_from_detection import recover_from_detection
+    from eftclip.models import load_checkpoint
+
+    device = env.get("device", "cpu")
+    summary = recover_from_detection(inputs["detection"]["dir"], load_checkpoint(inputs["model"]["checkpoint"]),
+                                     rng=torch.Generator().manual_seed(int(params["seed"])), out=folder / "trigger",
+                                     method=params["method"], clean=inputs["data"]["pool_csv"], device=device)
+    trig = summary.pop("trigger")  # name and params at the top: what an evaluate stage reads as its trigger
+    return {"name": trig.pop("name"), "params": trig, "dir": str(folder / "trigger"), "summary": summary}
+
+
+@task
+def stamp_set(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
+    """The set with a share of its pool pairs stamped with the recovered trigger, captions kept,
+    so that unlearning does not depend on how many flagged images there are."""
+    import numpy as np
+
+    from eftclip.curation.stamp import stamp_pairs
+    from eftclip.data.captions import read_captions, write_captions_csv
+    from eftclip.detection.trigger_recovery import load_recovery
+
+    records = read_captions(inputs["set"]["csv"]).records
+    rng = np.random.default_rng([int(params["seed"]), 23])
+    n = min(len(records), int(round(float(params["share"]) * len(records))))
+    chosen = set(rng.choice(len(records), size=n, replace=False).tolist()) if n else set()
+    stamped = iter(stamp_pairs([records[i] for i in sorted(chosen)], load_recovery(inputs["recovered"]["dir"]),
+                               folder / "stamped", rng, csv_name=None))
+    rows = [next(stamped) if i in chosen else {"image": r.image, "caption": r.caption}
+            for i, r in enumerate(records)]
+    write_captions_csv(folder / "finetune.csv", [{"image": r["image"], "caption": r["caption"]} for r in rows],
+                       ["image", "caption"])
+    return {"csv": str(folder / "finetune.csv"), "stamped": n, "pairs": len(rows)}
