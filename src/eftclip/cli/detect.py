@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from eftclip.cli.checks import check_detect_inputs
+from eftclip.cli.values import parse_key_values
 from eftclip.errors import EftclipError
 
 
@@ -58,19 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def parse_kv(items: list[str], flag: str) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise EftclipError(f"{flag} {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = value
-    return out
-
-
 def build_config(args: argparse.Namespace):
     from eftclip.config import from_mapping, load_yaml, merge
     from eftclip.detection.runner import DetectConfig
@@ -82,7 +69,7 @@ def build_config(args: argparse.Namespace):
         "labels": [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None,
         "vocab_size": args.vocab_size, "vocab_min_count": args.vocab_min_count, "oracle": args.oracle,
         "oracle_args": {**model_kwargs(args.oracle or base.get("oracle") or "", args.oracle_model, args.sam_model),
-                        **parse_kv(args.oracle_arg, "--oracle-arg")} or None, "tau": args.tau,
+                        **parse_key_values(args.oracle_arg, "--oracle-arg")} or None, "tau": args.tau,
         "prompt_tau": args.prompt_tau, "theta": args.theta, "mode": args.mode, "flag_rule": args.flag_rule,
         "evidence": args.evidence, "min_share": args.min_share, "min_count": args.min_count,
         "target": args.target, "templates": args.template, "crop_pad": args.crop_pad,

@@ -6,6 +6,7 @@ import argparse
 import hashlib
 from pathlib import Path
 
+from eftclip.cli.values import parse_key_values
 from eftclip.errors import EftclipError
 from eftclip.guards import check_count, check_io
 
@@ -65,17 +66,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def parse_params(items: list[str]) -> dict[str, str]:
-    """``["size=8", "position=random"]`` -> ``{"size": "8", "position": "random"}``."""
-    params: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise EftclipError(f"--attack-param {item!r}: expected KEY=VALUE")
-        params[key.strip().replace("-", "_")] = value.strip()
-    return params
-
-
 def _templates(path: str | None) -> list[str] | None:
     if path is None:
         return None
@@ -126,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from eftclip.attacks import create_trigger
     from eftclip.attacks.poison import poison_dataset
 
-    params = parse_params(args.attack_param)
+    params = parse_key_values(args.attack_param, "--attack-param")
     check_count(args.num, "--num", optional=False)
     check_io({"--data": args.data, "--templates": args.templates, "pattern_file": params.get("pattern_file")},
              {"--out": args.out})

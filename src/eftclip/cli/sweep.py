@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from eftclip.cli.checks import check_detect_inputs
-from eftclip.cli.detect import parse_kv
+from eftclip.cli.values import parse_key_values
 from eftclip.errors import EftclipError
 from eftclip.guards import check_count, check_device
 
@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=bundle.checkpoint, images=args.images, out=args.out, target=args.target, vocab=args.vocab,
         labels=tuple(s.strip() for s in (args.labels or "").split(",") if s.strip()), oracle=args.oracle,
         oracle_args={**model_kwargs(args.oracle, args.oracle_model, args.sam_model),
-                     **parse_kv(args.oracle_arg, "--oracle-arg")}, trigger=args.trigger,
-        trigger_args=parse_kv(args.trigger_arg, "--trigger-arg"), rhos=_list(args.rho, int, "--rho"),
+                     **parse_key_values(args.oracle_arg, "--oracle-arg")}, trigger=args.trigger,
+        trigger_args=parse_key_values(args.trigger_arg, "--trigger-arg"), rhos=_list(args.rho, int, "--rho"),
         mus=_list(args.mu, str, "--mu"), thetas=_list(args.theta, float, "--theta"),
         taus=_list(args.tau, int, "--tau"), mode=args.mode, flag_rule=args.flag_rule, min_share=args.min_share,
         min_count=args.min_count, include_clean=not args.no_clean, max_images=args.max_images,

@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eftclip.errors import EftclipError
 from eftclip.pipeline.plan import Node, Plan
 from eftclip.pipeline.recipes import (
     DEFAULT_DEFENSES,
     SPEED_ONLY,
     AttackSpec,
-    DefenseSpec,
     DetectRecipe,
     FinetuneRecipe,
     PretrainRecipe,

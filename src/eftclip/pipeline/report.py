@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from eftclip.io import write_text
 from eftclip.reporting.plots import ca_asr_bars

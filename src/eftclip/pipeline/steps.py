@@ -38,16 +38,6 @@ class Context:
 # --------------------------------------------------------------------------- world and data
 
 
-def make_world(ctx: Context, *, size: str) -> dict:
-    from eftclip.world import synth, world_paths
-
-    root = ctx.out / "world"
-    if (root / "world.json").exists():  # a finished world from an interrupted stage
-        return {k: str(v) for k, v in world_paths(root).items()}
-    paths = synth(root, seed=ctx.seed, size=size, overwrite=True)
-    return {k: str(v) for k, v in paths.items()}
-
-
 def build_trigger(ctx: Context, attack: str, params: dict, surrogate_checkpoint: str | None) -> dict:
     """Resolve the trigger's parameters; TrojanNN-style optimises its patch first.
 
@@ -210,18 +200,6 @@ def _cuda() -> bool:
 
 
 # --------------------------------------------------------------------------- detection and curation
-
-
-def train_oracle(ctx: Context, *, epochs: int = 10, seconds: float | None = None) -> dict:
-    """Train the world oracle's region classifier on the clean reference split only.
-
-    An epoch budget rather than a wall-clock one keeps the result the same on a busy machine.
-    """
-    from eftclip.world import train_region_classifier
-
-    out = ctx.out / "oracle" / "region_classifier.safetensors"
-    path = train_region_classifier(ctx.world["reference"], out, seed=ctx.seed, epochs=epochs, seconds=seconds)
-    return {"region_classifier": str(path)}
 
 
 def detect(ctx: Context, checkpoint: str, csv: str, oracle: dict, recipe: Any, *,
