@@ -124,12 +124,19 @@ def repair_plan(plan: Plan, r: Resolved, target: str) -> dict[str, str]:
         params={"size": c.size, "unaffected_ratio": spec.unaffected_ratio, "seed": c.seed,
                 "options": {"profile": spec.profile, "unlearn_share": spec.unlearn_share}},
         label=f"curate {c.size} pairs"))
+    repair_set = ids["curate"]
+    if spec.stamp_share:  # the recovered trigger stamped on a share of the set, true captions kept
+        repair_set = ids["stamp"] = plan.add(Node(
+            id="stamp", kind="stamp", task="stamp_set", params={"share": spec.stamp_share, "seed": c.seed},
+            needs={"set": ids["curate"], "recovered": ids["recover"]},
+            label=f"stamp the recovered trigger on {spec.stamp_share:.0%} of the pairs"))
     recipe = repair_recipe(c)
     numbers = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in SPEED_ONLY}
+    train_args = {**({"model": r.arch} if r.arch else {}),
+                  **({"anchor_weight": spec.anchor_weight} if spec.anchor_weight else {})}
     ids["repair"] = plan.add(Node(
-        id="repair", kind="finetune", task="finetune", needs={"model": "suspect", "set": ids["curate"]},
-        params={"recipe": numbers, "seed": c.seed, "name": "eftclip",
-                "train_args": {"model": r.arch} if r.arch else {}},
+        id="repair", kind="finetune", task="finetune", needs={"model": "suspect", "set": repair_set},
+        params={"recipe": numbers, "seed": c.seed, "name": "eftclip", "train_args": train_args},
         label="repair (fine-tune, the eftclip recipe)"))
     if c.eval:
         ids.update(_evaluation_plan(plan, r, target, ids))
