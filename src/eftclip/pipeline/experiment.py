@@ -114,13 +114,14 @@ def build_plan(cfg: ExperimentConfig, source: Any, templates: list[str], cache: 
 
     plan = Plan(cache)
     src = source_mapping(source)
+    shared = {seed: _seed_stages(plan, cfg, src, seed) for seed in cfg.seeds}
     cells: list[Cell] = []
-    for seed in cfg.seeds:
-        shared = _seed_stages(plan, cfg, src, seed)
+    # attack-major order: a run cut short has whole attacks (every seed) rather than whole seeds
+    for attack in cfg.attacks:
         for target in (cfg.target, *cfg.targets):
-            for attack in cfg.attacks:
+            for seed in cfg.seeds:
                 prefix = f"s{seed}/{attack.name}" + (f"/{target}" if cfg.targets else "")
-                cell = Cell(attack=attack, seed=seed, target=target, prefix=prefix, ids=dict(shared))
+                cell = Cell(attack=attack, seed=seed, target=target, prefix=prefix, ids=dict(shared[seed]))
                 _cell_stages(plan, cfg, src, source, templates, cell)
                 cells.append(cell)
     return plan, cells
