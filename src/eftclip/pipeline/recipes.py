@@ -100,9 +100,10 @@ class RoclipSpec:
 
 
 DEFAULT_DEFENSES: tuple[DefenseSpec, ...] = (
-    # plain contrastive at a gentler lr: the unlearning pairs carry the repair, so CleanCLIP's
-    # in-modal term and augmentations are not needed, and they cost clean accuracy
-    DefenseSpec(name="eftclip", set="eftclip", unlearn_share=0.1, objective="clip", lr=5e-4),
+    # ours: unlearning pairs (flagged images captioned with what the second look found) and pool pairs
+    # stamped with the recovered trigger under their true captions; plain contrastive at a gentle lr,
+    # since these pairs carry the repair and CleanCLIP's in-modal term costs clean accuracy
+    DefenseSpec(name="eftclip", set="eftclip_stamp", unlearn_share=0.1, stamp_share=0.1, objective="clip", lr=5e-4),
     DefenseSpec(name="eftclip_paper", set="curated"),
     DefenseSpec(name="cleanclip", set="random"),
     DefenseSpec(name="cleanclip_large", set="random", scale=3.0),
