@@ -67,8 +67,9 @@ def print_summary(metrics: dict, out: str) -> None:
               f"ASR {m['poisoned']['asr']:.3f} | K={d['triggers']} rate={d['detection_rate']}")
         for name, e in m["defenses"].items():
             print(f"{'':<24} {name:<18} CA {e['ca']:.3f}  ASR {e['asr']:.3f}  ({e['finetune_pairs']} pairs)")
-    print(f"report: {out}/report.md  ({metrics['wall_seconds']:.0f}s wall, {metrics['compute_seconds']:.0f}s of "
-          "stage compute)")
+    wall = metrics["wall_seconds"]
+    wall_text = "stages reused from the cache" if wall is None else f"{wall:.0f}s wall"
+    print(f"report: {out}/report.md  ({wall_text}, {metrics['compute_seconds']:.0f}s of stage compute)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -274,13 +274,18 @@ def _run(cfg: ExperimentConfig, plan: Plan, cells: list[Cell], out: Path, *, res
     machine = machine_info()
     t0 = time.perf_counter()
     env = {"device": _device(cfg.device), "progress": cfg.progress}
+    before = sum(plan.done(nid) for nid in plan.nodes)
     results = execute(plan, env=env, workers=cfg.workers, threads=cfg.cpu_threads, stream=stream)
+    # wall time counts only what ran from this folder: stages found in a shared cache took theirs elsewhere
     timing_file = out / "timing.json"
-    timing = read_json(timing_file) if timing_file.exists() else {"wall_seconds": 0.0}
+    timing = read_json(timing_file) if timing_file.exists() else {"wall_seconds": 0.0, "stages_run": 0}
     timing["wall_seconds"] += time.perf_counter() - t0
+    timing["stages_run"] = timing.get("stages_run", 0) + len(plan.nodes) - before
+    timing["stages"] = len(plan.nodes)
     write_json(timing_file, timing)
+    complete = timing["stages_run"] >= timing["stages"]
     metrics = collect(cfg, plan, cells, results, machine=machine, command=command,
-                      wall_seconds=timing["wall_seconds"])
+                      wall_seconds=timing["wall_seconds"] if complete else None)
     from eftclip.io import portable_paths
 
     # committed results must not carry this machine's folders: paths relative to where the run started

@@ -64,8 +64,11 @@ def _cell_stage_ids(plan: Plan, cell: Any) -> list[str]:
 
 
 def collect(cfg: Any, plan: Plan, cells: list, results: dict, *, machine: dict, command: str | None,
-            wall_seconds: float) -> dict:
-    """The experiment's ``metrics.json``: every cell, the matrix summary, the goals, times, machine."""
+            wall_seconds: float | None) -> dict:
+    """The experiment's ``metrics.json``: every cell, the matrix summary, the goals, times, machine.
+
+    ``wall_seconds`` is None when some stages were found finished in a shared cache (no wall time
+    of the whole run exists then, and the time goal is not judged)."""
     from eftclip.pipeline.goals import cell_goals, matrix_goals
     from eftclip.pipeline.sources import build_source, source_mapping
     from eftclip.pipeline.statistics import summarise

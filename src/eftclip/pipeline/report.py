@@ -15,7 +15,9 @@ ROW_NAMES = {
     "poisoned": "Poisoned CLIP",
     "cleanclip": "CleanCLIP (random subset, same size)",
     "cleanclip_large": "CleanCLIP (random subset, larger)",
-    "eftclip": "EftCLIP (second look, unlearning pairs)",
+    "eftclip": "EftCLIP (ours: second look, unlearning pairs, recovered trigger stamped)",
+    "eftclip_unlearn": "EftCLIP, unlearning pairs only",
+    "eftclip_anchor": "EftCLIP, unlearning pairs + clean-feature anchor",
     "eftclip_paper": "EftCLIP as in the paper (curated set)",
     "eftclip_repair": "EftCLIP + repair pairs (flagged images, oracle captions)",
     "roclip": "RoCLIP (pre-training defense)",
@@ -147,6 +149,20 @@ def write_cell_report(folder: Path, m: dict, *, detection_dir: str | None, curat
                             f"seed {m['seed']}, {m['poisoned_pairs']} poisoned pairs)")
     det = detection_table(m)
     prof = profile_table(m["detection"]["affected_labels"])
+    prof.title = "Affected-label profile, the paper's rule (S_i from CLIP's top-tau list)"
+    look = m["detection"].get("second_look_profile")
+    look_table = profile_table(look) if look else None
+    if look_table is not None:
+        look_table.title = "Affected-label profile, second look (the whole vocabulary asked, minus K)"
+        write_table(look_table, tables / "affected_labels_second_look")
+    truth = m["detection"].get("profile_vs_truth") or {}
+    truth_lines = [f"Profile against the truth of the flagged triggered images (scoring only): " + "; ".join(
+        f"{rule}: distance {b['tv_distance']:.3f}, object recall {b['object_recall']:.2f}"
+        for rule, b in truth.items() if b.get("tv_distance") is not None), ""] if truth else []
+    rec = m.get("trigger_recovery") or {}
+    rec_lines = [f"Trigger recovery ({rec.get('method')}): {rec.get('mask_pixels')} mask pixels, pulls "
+                 f"{rec.get('recovered_asr')} of clean pool images to K; IoU with the true trigger "
+                 f"{rec.get('iou_with_true_trigger')} (scoring only).", ""] if rec else []
     for stem, table in (("results", main), ("detection", det), ("affected_labels", prof)):
         write_table(table, tables / stem)
     ca_asr_bars({"Clean": m["clean"], "Poisoned": m["poisoned"], **m["defenses"]}, figures / "ca_asr.png",
@@ -158,6 +174,7 @@ def write_cell_report(folder: Path, m: dict, *, detection_dir: str | None, curat
     section = [f"## {m['cell']}", "", f"Attack **{m['attack']['name']}** {m['attack']['params']}, target "
             f"**{m['target']}**, seed {m['seed']}.", "", main.markdown(), *verdict(m), "",
             "### Goals", "", *goals_markdown(m["goals"]), det.markdown(), prof.markdown(),
+            look_table.markdown() if look_table is not None else "", *truth_lines, *rec_lines,
             f"Paper-curated set's realised label shares: {shares}" if shares else "", "",
             f"![CA and ASR](cells/{folder.name}/figures/ca_asr.png)", ""]
     from eftclip.io import write_json
@@ -198,11 +215,14 @@ def write_experiment_report(out: Path, metrics: dict, *, plan, cells, results) -
 
 def _head(metrics: dict) -> list[str]:
     mach = metrics.get("machine") or {}
+    wall = metrics.get("wall_seconds")
+    wall_text = ("Wall time: not measured (stages were found finished in a shared cache)" if wall is None
+                 else f"Wall time of the run {wall:.0f} s")
+    quick = " Quick preset: only the direction of each effect is meaningful." if metrics.get("quick") else ""
     return [f"Command: `{metrics.get('command') or '(Python API)'}`", "",
             f"Machine: {mach.get('cpu')} (flags {', '.join(mach.get('cpu_flags') or []) or 'none'}), "
             f"{mach.get('nproc')} usable cores, {mach.get('memory_gib')} GiB, load average at start "
             f"{mach.get('load_average')}, GPU {mach.get('gpu') or 'none'}; torch {mach.get('torch')}.", "",
-            f"Wall time of the run {metrics['wall_seconds']:.0f} s; compute time of all stages "
-            f"{metrics['compute_seconds']:.0f} s.{' Quick preset: only the direction of each effect is meaningful.' if metrics.get('quick') else ''}",
+            f"{wall_text}; compute time of all stages {metrics['compute_seconds']:.0f} s.{quick}",
             "", "CA: top-1 zero-shot accuracy on clean images. ASR: share of triggered images whose true class is "
             "not the target that the model assigns to the target.", ""]
