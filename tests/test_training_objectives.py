@@ -163,3 +163,30 @@ def test_cli_finetune_with_infinite_lr_exits_non_zero(tmp_path, data, pretrained
     # an infinite lr is refused with the flags, before any step (a finite lr that diverges is stopped at
     # its step: test_non_finite_training_stops_naming_step_and_lr)
     assert rc == 2 and "lr" in err and "inf" in err and "Traceback" not in err
+
+
+def test_a_torn_or_unrecorded_checkpoint_is_removed_on_resume(tmp_path):
+    """Weights written without their state (a kill or a full disk between the two writes), or a pair
+    written after latest.json, are not the run's checkpoint: resume removes them and keeps latest."""
+    import json
+    import os
+    import time
+
+    from eftclip.training.run_files import RunFiles
+
+    files = RunFiles(tmp_path, kind="train", keep=2)
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    for name in ("epoch_1.safetensors", "epoch_1.json", "epoch_1.state.pt"):
+        (ckpt / name).write_bytes(b"x")
+    (ckpt / "latest.json").write_text(json.dumps({"tag": "epoch_1"}))
+    old = time.time() - 100
+    for name in ("epoch_1.safetensors", "epoch_1.json", "epoch_1.state.pt", "latest.json"):
+        os.utime(ckpt / name, (old, old))
+    (ckpt / "epoch_2.safetensors").write_bytes(b"torn")  # no state: torn
+    (ckpt / "epoch_3.safetensors").write_bytes(b"x")  # a pair newer than latest.json: never recorded
+    (ckpt / "epoch_3.state.pt").write_bytes(b"x")
+    removed = files.drop_torn_checkpoints({"tag": "epoch_1"})
+    assert sorted(removed) == ["epoch_2", "epoch_3"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["epoch_1.json", "epoch_1.safetensors", "epoch_1.state.pt",
+                                                      "latest.json"]

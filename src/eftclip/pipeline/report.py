@@ -156,7 +156,7 @@ def write_cell_report(folder: Path, m: dict, *, detection_dir: str | None, curat
         look_table.title = "Affected-label profile, second look (the whole vocabulary asked, minus K)"
         write_table(look_table, tables / "affected_labels_second_look")
     truth = m["detection"].get("profile_vs_truth") or {}
-    truth_lines = [f"Profile against the truth of the flagged triggered images (scoring only): " + "; ".join(
+    truth_lines = ["Profile against the truth of the flagged triggered images (scoring only): " + "; ".join(
         f"{rule}: distance {b['tv_distance']:.3f}, object recall {b['object_recall']:.2f}"
         for rule, b in truth.items() if b.get("tv_distance") is not None), ""] if truth else []
     rec = m.get("trigger_recovery") or {}

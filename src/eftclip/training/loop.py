@@ -412,6 +412,7 @@ class _Run:
         latest = self._check_run_dir()
         if info.is_main:
             self.files.drop_stale_temps()
+            self.files.drop_torn_checkpoints(latest)
         pairs = load_pairs(self.cfg)
         steps_per_epoch = self._steps_per_epoch(len(pairs), info)
         p = self._setup(info, device, pairs, steps_per_epoch)

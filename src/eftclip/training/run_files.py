@@ -54,6 +54,27 @@ class RunFiles:
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
 
+    def drop_torn_checkpoints(self, latest: dict | None) -> list[str]:
+        """Remove the files of a checkpoint that ``latest.json`` does not name and that was torn or
+        never recorded: weights without their state (killed or a full disk between the two writes), or
+        a pair written after ``latest.json`` was last updated.  Returns the tags removed."""
+        if not self.ckpt_dir.is_dir():
+            return []
+        keep = (latest or {}).get("tag")
+        marker = self.ckpt_dir / "latest.json"
+        recorded = marker.stat().st_mtime if marker.exists() else float("-inf")
+        removed = []
+        for weights in self.ckpt_dir.glob("*.safetensors"):
+            tag = weights.name.split(".")[0]
+            state = self.state_path(tag)
+            newer = state.exists() and state.stat().st_mtime > recorded
+            if tag != keep and (not state.exists() or newer):
+                for suffix in (".safetensors", ".json", ".state.pt"):
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.ckpt_dir / f"{tag}{suffix}").unlink()
+                removed.append(tag)
+        return removed
+
     def save(self, tag: str, model, name: str, optimizer, scaler, objective_states: list[dict], *,
              position: Position, global_step: int) -> None:
         from eftclip.models import save_checkpoint
