@@ -18,6 +18,7 @@ from typing import Any
 
 from eftclip.io import read_json, write_json
 from eftclip.pipeline.plan import Plan
+from eftclip.pipeline.stages import worker_init
 
 
 def execute(plan: Plan, *, env: dict, workers: int = 1, threads: int | None = None,
@@ -75,7 +76,7 @@ def _run_parallel(plan, todo, results, numbers, *, env, workers, threads, stream
     running: dict[cf.Future, str] = {}
     errors: list[BaseException] = []
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                initializer=_worker_init, initargs=(threads,)) as pool:
+                                initializer=worker_init, initargs=(threads,)) as pool:
         while waiting or running:
             ready = [n for n in waiting if all(d in results for d in plan.nodes[n].needs.values())]
             for nid in ready[: max(0, workers - len(running))] if not errors else []:
@@ -111,18 +112,3 @@ def run_task(task: str, folder: str, params: dict, inputs: dict, speed: dict, en
     t0 = time.perf_counter()
     result = TASKS[task](path, params, inputs, {**env, **speed})
     return plain_json(result), time.perf_counter() - t0
-
-
-def _worker_init(threads: int | None) -> None:
-    """Worker set-up: die with the parent (a killed run leaves no orphan writing its folder)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the pool still ends its workers on exit
-        pass
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)

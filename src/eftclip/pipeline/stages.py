@@ -99,7 +99,7 @@ class StageRunner:
         errors: list[BaseException] = []
         with cf.ProcessPoolExecutor(max_workers=min(workers, len(pending)),
                                     mp_context=multiprocessing.get_context("spawn"),
-                                    initializer=_worker_init, initargs=(threads,)) as pool:
+                                    initializer=worker_init, initargs=(threads,)) as pool:
             futures = {}
             for j in pending:
                 print(f"[{numbers[j.name]}/{self.total}] {j.label or j.name} ... (in parallel)",
@@ -198,7 +198,7 @@ class Job:
         return self.fn(*self.args, **self.kwargs)
 
 
-def _worker_init(threads: int | None) -> None:
+def worker_init(threads: int | None) -> None:
     """Worker set-up: die with the parent (a killed demo leaves no orphan writing its folder)."""
     try:
         import ctypes
