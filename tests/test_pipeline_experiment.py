@@ -120,6 +120,10 @@ def test_quick_demo_effects_point_the_right_way(tmp_path):
     assert m["detection"]["target_found"], m["detection"]
     for name, d in m["defenses"].items():
         assert d["asr"] < m["poisoned"]["asr"], (name, m["defenses"])
+    # ours removes more of the backdoor than CleanCLIP on a random subset of the same size (direction only)
+    assert m["defenses"]["eftclip"]["asr"] < m["defenses"]["cleanclip"]["asr"], m["defenses"]
+    # the trigger recovered from the flagged images sits where the true patch is (scored, never read)
+    assert m["trigger_recovery"]["iou_with_true_trigger"] >= 0.5, m["trigger_recovery"]
     for part in ("clean", "poisoned"):
         assert 0 <= m[part]["ca"] <= 1 and 0 <= m[part]["asr"] <= 1
 
