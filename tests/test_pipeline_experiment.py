@@ -113,7 +113,7 @@ def test_interrupted_run_continues_to_the_same_numbers(tmp_path, monkeypatch):
 
 
 def test_quick_demo_effects_point_the_right_way(tmp_path):
-    """About 4 minutes on 2 cores. Not marked slow: the end-to-end effect check CI must run."""
+    """Not marked slow: the end-to-end effect check CI must run."""
     cfg = load_experiment("demo-quick", out=str(tmp_path / "quick"), device="cpu")
     m = run_experiment(cfg)["cells"][0]
     assert m["poisoned"]["asr"] >= 0.5 and m["poisoned"]["asr"] >= m["clean"]["asr"] + 0.3, m

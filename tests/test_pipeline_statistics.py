@@ -15,9 +15,10 @@ def test_describe_is_the_mean_sd_and_t_interval():
     assert s["n"] == 3 and s["mean"] == pytest.approx(0.2) and s["sd"] == pytest.approx(0.1)
     assert s["ci95"] == pytest.approx([0.2 - 0.248414, 0.2 + 0.248414], abs=1e-6)
     one = describe([0.5, None])
-    assert one == {"mean": 0.5, "sd": None, "ci95": None, "n": 1, "method": "t"}
+    assert one == {"mean": 0.5, "sd": None, "ci95": None, "n": 1, "n_nonfinite": 0, "method": "t"}
     assert describe([])["mean"] is None
-    assert describe([float("nan"), 0.4])["n"] == 1, "a non-finite value is not a number to average"
+    diverged = describe([float("nan"), 0.4])
+    assert diverged["n"] == 1 and diverged["n_nonfinite"] == 1, "a non-finite value is counted, not averaged"
 
 
 def test_paired_differences_and_resolution():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from eftclip.detection.config import MODES
 from eftclip.errors import EftclipError
 
 
@@ -85,6 +86,12 @@ def _check_ranges(cfg: Any) -> None:
         raise EftclipError(f"detect.triggered_share must be in (0, 1), got {d.triggered_share}")
     if d.theta is not None and not 0 <= d.theta <= 1:
         raise EftclipError(f"detect.theta must be in [0, 1], got {d.theta}")
+    if d.mode not in MODES:
+        raise EftclipError(f"detect.mode: unknown '{d.mode}' (known: {', '.join(MODES)})")
+    if not 0 <= d.min_share <= 1:
+        raise EftclipError(f"detect.min_share must be in [0, 1], got {d.min_share}")
+    _positive("detect.min_count", d.min_count)
+    _positive("detect.batch_size", d.batch_size)
     if not 0 < cfg.poison_rate < 1:
         raise EftclipError(f"poison_rate must be in (0, 1), got {cfg.poison_rate}")
 
@@ -123,6 +130,7 @@ def _try_on_blank(trigger: Any, size: int) -> None:
 
 def _check_defenses(cfg: Any, pool: int) -> None:
     from eftclip.pipeline.defenses import SET_BUILDERS
+    from eftclip.curation.curate import PROFILE_FILES as PROFILES
     from eftclip.training.config import FINETUNE_OBJECTIVES as OBJECTIVES
 
     names = [d.name for d in cfg.defenses]
@@ -137,6 +145,14 @@ def _check_defenses(cfg: Any, pool: int) -> None:
                                f"(known: {', '.join(sorted(OBJECTIVES))})")
         if not d.scale > 0:
             raise EftclipError(f"defenses: {d.name}: scale must be > 0, got {d.scale}")
+        if d.lr is not None and not 0 < d.lr < 10:
+            raise EftclipError(f"defenses: {d.name}: lr must be in (0, 10), got {d.lr}")
+        if d.epochs is not None and d.epochs < 1:
+            raise EftclipError(f"defenses: {d.name}: epochs must be >= 1, got {d.epochs}")
+        if not 0 <= d.anchor_weight < 1e6:
+            raise EftclipError(f"defenses: {d.name}: anchor_weight must be >= 0 and finite, got {d.anchor_weight}")
+        if d.profile not in PROFILES:
+            raise EftclipError(f"defenses: {d.name}: unknown profile '{d.profile}' (known: {', '.join(PROFILES)})")
         pairs = int(round(d.scale * cfg.budget))
         if pairs > pool:
             raise EftclipError(f"defenses: {d.name}: {pairs} pairs (scale {d.scale} x budget {cfg.budget}) exceed "

@@ -66,10 +66,10 @@ class ExperimentConfig:
 class Cell:
     """One attack x seed x target of the matrix, and the ids of its stages."""
 
-    attack: AttackSpec
-    seed: int
-    target: str
-    prefix: str
+    attack: AttackSpec  # the attack of this cell
+    seed: int  # its seed (data, models and draws derive from it)
+    target: str  # its target label
+    prefix: str  # stage-id prefix, e.g. "s0/badnet"
     ids: dict = field(default_factory=dict)  # role -> stage id
 
     @property
@@ -262,28 +262,27 @@ def run_experiment(cfg: ExperimentConfig, *, resume: bool = False, force: bool =
 def _run(cfg: ExperimentConfig, plan: Plan, cells: list[Cell], out: Path, *, resume: bool, force: bool,
          command: str | None, stream) -> dict:
     from eftclip.config import to_dict, write_config
-    from eftclip.io import read_json, write_json
+    from eftclip.io import write_json
     from eftclip.pipeline.executor import execute
     from eftclip.pipeline.metrics import collect
     from eftclip.pipeline.report import write_experiment_report
     from eftclip.pipeline.stages import claim_folder
     from eftclip.pipeline.machine import machine_info
 
-    claim_folder(out, kind="experiment", config=to_dict(cfg), resume=resume, force=force)
+    # settings that change how a run goes, not its numbers, may differ when a run is continued
+    run_only = ("out", "cache", "device", "workers", "progress", "cpu_threads", "eval_workers", "eval_batch_size")
+    claim_folder(out, kind="experiment", config={k: v for k, v in to_dict(cfg).items() if k not in run_only},
+                 resume=resume, force=force)
     write_config(out / "config.yaml", cfg)
     machine = machine_info()
     t0 = time.perf_counter()
     env = {"device": _device(cfg.device), "progress": cfg.progress}
-    before = sum(plan.done(nid) for nid in plan.nodes)
-    results = execute(plan, env=env, workers=cfg.workers, threads=cfg.cpu_threads, stream=stream)
-    # wall time counts only what ran from this folder: stages found in a shared cache took theirs elsewhere
-    timing_file = out / "timing.json"
-    timing = read_json(timing_file) if timing_file.exists() else {"wall_seconds": 0.0, "stages_run": 0}
-    timing["wall_seconds"] += time.perf_counter() - t0
-    timing["stages_run"] = timing.get("stages_run", 0) + len(plan.nodes) - before
-    timing["stages"] = len(plan.nodes)
-    write_json(timing_file, timing)
-    complete = timing["stages_run"] >= timing["stages"]
+    before = {nid for nid in plan.nodes if plan.done(nid)}
+    try:
+        results = execute(plan, env=env, workers=cfg.workers, threads=cfg.cpu_threads, stream=stream)
+    finally:  # an interrupted run still counts its time and the stages it finished
+        timing = _record_timing(out / "timing.json", plan, before, time.perf_counter() - t0)
+    complete = set(timing["stages_run"]) >= set(plan.keys.values())
     metrics = collect(cfg, plan, cells, results, machine=machine, command=command,
                       wall_seconds=timing["wall_seconds"] if complete else None)
     from eftclip.io import portable_paths
@@ -293,6 +292,23 @@ def _run(cfg: ExperimentConfig, plan: Plan, cells: list[Cell], out: Path, *, res
     write_experiment_report(out, metrics, plan=plan, cells=cells, results=results)
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _record_timing(path: Path, plan: Plan, before: set, seconds: float) -> dict:
+    """Add this invocation's wall time and the stages it finished (by cache key) to ``timing.json``.
+
+    Wall time counts only what ran from this folder: stages found in a shared cache took theirs elsewhere.
+    """
+    from eftclip.io import read_json, write_json
+
+    timing = read_json(path) if path.exists() else {"wall_seconds": 0.0, "stages_run": []}
+    if not isinstance(timing.get("stages_run"), list):
+        timing["stages_run"] = []
+    ran = {plan.keys[nid] for nid in plan.nodes if nid not in before and plan.done(nid)}
+    timing["wall_seconds"] += seconds
+    timing["stages_run"] = sorted(set(timing["stages_run"]) | ran)
+    write_json(path, timing)
+    return timing
 
 
 def _device(device: str) -> str:

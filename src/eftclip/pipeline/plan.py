@@ -50,6 +50,9 @@ class Plan:
             if self.keys[node.id] != key:
                 raise EftclipError(f"plan: stage '{node.id}' planned twice with different inputs")
             return node.id
+        same = next((nid for nid, k in self.keys.items() if k == key and self.nodes[nid].kind == node.kind), None)
+        if same is not None:  # the same computation under another name (e.g. two defenses' identical sets): one folder, run once
+            return same
         self.nodes[node.id] = node
         self.keys[node.id] = key
         return node.id

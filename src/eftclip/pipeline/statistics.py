@@ -18,16 +18,18 @@ METHOD = "t"  # two-sided Student-t interval over cells
 
 def describe(values: Iterable[float | None]) -> dict:
     """``{"mean", "sd", "ci95": [lo, hi] | None, "n", "method"}`` over the non-null values."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    n = len(xs)
+    given = [float(v) for v in values if v is not None]
+    xs = [x for x in given if math.isfinite(x)]
+    n, dropped = len(xs), len(given) - len(xs)  # a diverged cell is reported, never silently averaged away
     if n == 0:
-        return {"mean": None, "sd": None, "ci95": None, "n": 0, "method": METHOD}
+        return {"mean": None, "sd": None, "ci95": None, "n": 0, "n_nonfinite": dropped, "method": METHOD}
     mean = sum(xs) / n
     if n == 1:
-        return {"mean": mean, "sd": None, "ci95": None, "n": 1, "method": METHOD}
+        return {"mean": mean, "sd": None, "ci95": None, "n": 1, "n_nonfinite": dropped, "method": METHOD}
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
     half = t_quantile(0.975, n - 1) * sd / math.sqrt(n)
-    return {"mean": mean, "sd": sd, "ci95": [mean - half, mean + half], "n": n, "method": METHOD}
+    return {"mean": mean, "sd": sd, "ci95": [mean - half, mean + half], "n": n, "n_nonfinite": dropped,
+            "method": METHOD}
 
 
 def t_quantile(p: float, df: int) -> float:

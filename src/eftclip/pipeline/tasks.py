@@ -115,8 +115,12 @@ def second_look(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
     for path in detection.iterdir():
         if path.is_file() and not (looked / path.name).exists():
             shutil.copy2(path, looked / path.name)
-    # the oracle is rebuilt from the detection's recorded arguments (its device included)
-    summary = run_second_look(looked, params.get("theta"), progress=env.get("progress", True))
+    # the oracle is rebuilt from the detection's recorded arguments, on this run's device
+    from eftclip.detection.second_look import read_detection
+
+    device = {"device": env["device"]} if "device" in read_detection(looked).oracle_args and "device" in env else {}
+    summary = run_second_look(looked, params.get("theta"), oracle_overrides=device,
+                              progress=env.get("progress", True))
     scores = None
     if "source" in params:  # a study knows the truth; a user's own data (eftclip defend) has none
         objects, triggered = _source(params).truth(inputs["data"], inputs["images"]["csv"])
@@ -179,8 +183,8 @@ def recover_cell_trigger(folder: Path, params: dict, inputs: dict, env: dict) ->
 
 @task
 def stamp_set(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
-    """The set with a share of its pool pairs stamped with the recovered trigger, captions kept,
-    so that unlearning does not depend on how many flagged images there are."""
+    """The set with a share of its pairs (drawn from all of them) stamped with the recovered trigger,
+    captions kept, so that unlearning does not depend on how many flagged images there are."""
     import numpy as np
 
     from eftclip.curation.stamp import stamp_pairs
