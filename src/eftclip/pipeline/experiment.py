@@ -187,7 +187,7 @@ def _detection_stages(plan: Plan, cfg: ExperimentConfig, src: dict, templates: l
         needs={"detection": ids["detect"], "model": ids["poisoned"], "data": ids["data"]},
         label="recover the trigger (mask and pattern) from the flagged images"))
     ids["trigger_iou"] = plan.add(Node(
-        id=f"{p}/trigger_iou", kind="trigger_iou", task="trigger_iou", params={"images": 64, "seed": cell.seed},
+        id=f"{p}/trigger_iou", kind="trigger_iou", task="cell_trigger_iou", params={"images": 64, "seed": cell.seed},
         needs={"recovered": ids["recover"], "true": ids["trigger"], "data": ids["data"]},
         label="score the recovered mask against the true trigger (scoring only)"))
 

@@ -54,7 +54,7 @@ def _recovery(results: dict, ids: dict) -> dict | None:
     if "recover" not in ids:
         return None
     summary = results[ids["recover"]]["summary"]
-    keep = ("method", "mask_pixels", "mask_area", "recovered_asr", "n_flagged", "n_clean")
+    keep = ("method", "mask_pixels", "mask_area", "recovered_asr", "n_flagged", "n_clean", "reason")
     return {**{k: summary.get(k) for k in keep}, "iou_with_true_trigger": results[ids["trigger_iou"]]["iou"]}
 
 

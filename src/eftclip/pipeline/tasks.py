@@ -173,6 +173,12 @@ def recover_cell_trigger(folder: Path, params: dict, inputs: dict, env: dict) ->
     from eftclip.detection.trigger_from_detection import recover_from_detection
     from eftclip.models import load_checkpoint
 
+    from eftclip.io import read_json
+
+    if not read_json(Path(inputs["detection"]["dir"]) / "metrics.json").get("K"):
+        # detection found no trigger label: nothing to recover, and the defenses go on without a trigger
+        return {"name": None, "params": {}, "dir": None, "summary": {"method": None, "mask_pixels": 0,
+                                                                     "reason": "K is empty"}}
     device = env.get("device", "cpu")
     summary = recover_from_detection(inputs["detection"]["dir"], load_checkpoint(inputs["model"]["checkpoint"]),
                                      rng=torch.Generator().manual_seed(int(params["seed"])), out=folder / "trigger",
@@ -193,12 +199,23 @@ def stamp_set(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
 
     records = read_captions(inputs["set"]["csv"]).records
     rng = np.random.default_rng([int(params["seed"]), 23])
-    n = min(len(records), int(round(float(params["share"]) * len(records))))
+    recovered = inputs["recovered"].get("dir")  # None: no trigger was recovered, nothing to stamp
+    n = min(len(records), int(round(float(params["share"]) * len(records)))) if recovered else 0
     chosen = set(rng.choice(len(records), size=n, replace=False).tolist()) if n else set()
-    stamped = iter(stamp_pairs([records[i] for i in sorted(chosen)], load_recovery(inputs["recovered"]["dir"]),
-                               folder / "stamped", rng, csv_name=None))
+    stamped = iter(stamp_pairs([records[i] for i in sorted(chosen)], load_recovery(recovered), folder / "stamped",
+                               rng, csv_name=None) if n else [])
     rows = [next(stamped) if i in chosen else {"image": r.image, "caption": r.caption}
             for i, r in enumerate(records)]
     write_captions_csv(folder / "finetune.csv", [{"image": r["image"], "caption": r["caption"]} for r in rows],
                        ["image", "caption"])
     return {"csv": str(folder / "finetune.csv"), "stamped": n, "pairs": len(rows)}
+
+
+@task
+def cell_trigger_iou(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
+    """Scoring only: the recovered mask's IoU with the cell's true trigger (None when none was recovered)."""
+    from eftclip.pipeline.defend_tasks import trigger_iou
+
+    if not inputs["recovered"].get("dir"):
+        return {"iou": None, "reason": "no trigger was recovered"}
+    return trigger_iou(folder, params, inputs, env)
