@@ -173,3 +173,29 @@ def test_demo_cli_refuses_another_runs_folder_and_prints_the_plan(tmp_path, caps
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {s["id"] for s in lines} >= {"s0/train_clean", "s0/badnet/train_poisoned", "s0/badnet/detect"}
     assert not (tmp_path / "plan").exists(), "--plan runs nothing"
+
+
+def test_a_cell_whose_detection_finds_nothing_goes_on_without_a_trigger(tmp_path):
+    """K empty (a legitimate detection outcome): nothing is recovered, nothing stamped, no IoU, no crash."""
+    from eftclip.data.captions import read_captions, write_captions_csv
+    from eftclip.pipeline.tasks import TASKS
+
+    detection = tmp_path / "detection"
+    detection.mkdir()
+    (detection / "metrics.json").write_text(json.dumps({"K": []}))
+    recovered = TASKS["recover_cell_trigger"](tmp_path / "recover", {"seed": 0, "method": "auto"},
+                                              {"detection": {"dir": str(detection)}, "model": {}, "data": {}}, {})
+    assert recovered["dir"] is None and recovered["summary"]["reason"] == "K is empty"
+    assert TASKS["cell_trigger_iou"](tmp_path / "iou", {"images": 4, "seed": 0},
+                                     {"recovered": recovered}, {})["iou"] is None
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    write_captions_csv(tmp_path / "set.csv", [{"image": str(image), "caption": f"a cup {i}"} for i in range(5)],
+                       ["image", "caption"])
+    out = TASKS["stamp_set"](tmp_path / "stamp", {"share": 0.4, "seed": 0},
+                             {"set": {"csv": str(tmp_path / "set.csv")}, "recovered": recovered}, {})
+    assert out["stamped"] == 0
+    rows = read_captions(out["csv"]).records
+    assert [r.caption for r in rows] == [f"a cup {i}" for i in range(5)]
