@@ -96,12 +96,16 @@ def _check_ranges(cfg: Any) -> None:
         raise EftclipError(f"poison_rate must be in (0, 1), got {cfg.poison_rate}")
 
 
+def _unique(key: str, names: list[str], what: str) -> list[str]:
+    if len(set(names)) != len(names):
+        raise EftclipError(f"{key}: {what} may appear once (got {', '.join(names)})")
+    return names
+
+
 def _check_attacks(cfg: Any, source: Any) -> None:
     from eftclip.attacks import TRIGGERS, create_trigger
 
-    names = [a.name for a in cfg.attacks]
-    if len(set(names)) != len(names):
-        raise EftclipError(f"attacks: each attack may appear once (got {', '.join(names)})")
+    names = _unique("attacks", [a.name for a in cfg.attacks], "each attack")
     for a in cfg.attacks:
         if a.name not in TRIGGERS:
             raise EftclipError(f"attacks: unknown attack '{a.name}' (known: {', '.join(sorted(TRIGGERS))})")
@@ -133,9 +137,7 @@ def _check_defenses(cfg: Any, pool: int) -> None:
     from eftclip.curation.curate import PROFILE_FILES as PROFILES
     from eftclip.training.config import FINETUNE_OBJECTIVES as OBJECTIVES
 
-    names = [d.name for d in cfg.defenses]
-    if len(set(names)) != len(names):
-        raise EftclipError(f"defenses: each name may appear once (got {', '.join(names)})")
+    _unique("defenses", [d.name for d in cfg.defenses], "each name")
     for d in cfg.defenses:
         if d.set not in SET_BUILDERS:
             raise EftclipError(f"defenses: {d.name}: unknown set '{d.set}' (known: {', '.join(sorted(SET_BUILDERS))})")

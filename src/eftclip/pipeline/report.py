@@ -40,22 +40,6 @@ def results_table(metrics: dict, title: str) -> Table:
     return table
 
 
-def attack_table(rows: list[dict]) -> Table:
-    """Table 5 of the paper: each attack's CA/ASR before and after EftCLIP (and CleanCLIP)."""
-    table = Table(title="Table 5: CA and ASR before and after fine-tuning, per attack",
-                  columns=["Attack", "CA before", "ASR before", "CA EftCLIP", "ASR EftCLIP",
-                           "CA CleanCLIP", "ASR CleanCLIP"],
-                  percent=["CA before", "ASR before", "CA EftCLIP", "ASR EftCLIP", "CA CleanCLIP",
-                           "ASR CleanCLIP"])
-    for m in rows:
-        e = m["defenses"].get("eftclip", {})
-        c = m["defenses"].get("cleanclip", {})
-        table.add(**{"Attack": m["attack"]["name"], "CA before": m["poisoned"]["ca"],
-                     "ASR before": m["poisoned"]["asr"], "CA EftCLIP": e.get("ca"), "ASR EftCLIP": e.get("asr"),
-                     "CA CleanCLIP": c.get("ca"), "ASR CleanCLIP": c.get("asr")})
-    return table
-
-
 def detection_table(metrics: dict) -> Table:
     d = metrics["detection"]
     table = Table(title="Trigger detection (Algorithms 1 and 2)",

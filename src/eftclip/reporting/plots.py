@@ -1,4 +1,4 @@
-"""Figures: CA/ASR bars per model, before/after panels.
+"""Figures: CA/ASR bars per model, and a matrix's means with their 95% intervals.
 
 matplotlib is imported inside the functions with the Agg backend so that
 importing eftclip never needs a display.  Figures are written atomically.
@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from eftclip.io import atomic_path
+
+
+def _save(fig, path: Path) -> None:
+    """Write ``fig`` as PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
 
 
 def ca_asr_bars(results: Mapping[str, Mapping[str, float | None]], path: str | os.PathLike, *,
@@ -44,42 +53,7 @@ def ca_asr_bars(results: Mapping[str, Mapping[str, float | None]], path: str | o
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def attack_panel(rows: Sequence[Mapping[str, float | str | None]], path: str | os.PathLike) -> Path:
-    """Table 5 as a figure: per attack, ASR before and after each defense.
-
-    Each row holds ``attack`` and any of ``poisoned_asr``, ``eftclip_asr``,
-    ``cleanclip_asr`` (fractions).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    keys = [("poisoned_asr", "poisoned", "#E45756"), ("cleanclip_asr", "CleanCLIP", "#F58518"),
-            ("eftclip_asr", "EftCLIP", "#54A24B")]
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 3.6))
-    width = 0.8 / len(keys)
-    for k, (key, label, color) in enumerate(keys):
-        vals = [float(r.get(key) or 0.0) for r in rows]
-        ax.bar(x + (k - 1) * width, vals, width, label=label, color=color)
-    ax.set_xticks(x, [str(r["attack"]) for r in rows])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("ASR")
-    ax.set_title("Attack success rate before and after fine-tuning")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -115,7 +89,5 @@ def matrix_bars(stats: Mapping[str, Mapping[str, Mapping[str, dict]]], path: str
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return path
