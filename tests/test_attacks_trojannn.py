@@ -22,7 +22,7 @@ models = pytest.importorskip("eftclip.models", reason="eftclip.models is needed 
 def bundle():
     with torch.random.fork_rng():  # the test, not the library, fixes the random init
         torch.manual_seed(0)
-        return models.create_model("eftclip-tiny-vit")
+        return models.create_model("eftclip-tiny-vit", seed=0)
 
 
 @pytest.fixture(scope="module")

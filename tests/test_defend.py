@@ -36,7 +36,7 @@ def world(tmp_path_factory):
     poison_dataset(paths["detect_csv"], create_trigger("badnet", **TRIGGER), "umbrella", num=16, out=tmp / "dset",
                    seed=1, avoid_target=True, progress=False)
     random_model = tmp / "random.safetensors"
-    save_checkpoint(create_model("eftclip-tiny-rn").model, random_model, model_name="eftclip-tiny-rn", meta={})
+    save_checkpoint(create_model("eftclip-tiny-rn", seed=0).model, random_model, model_name="eftclip-tiny-rn", meta={})
     return {"tmp": tmp, "paths": paths, "rc": rc, "random": random_model}
 
 

@@ -42,7 +42,7 @@ def world(tmp_path_factory):
     poison_dataset(paths["detect_csv"], create_trigger("badnet", size=6, position="bottom-right"), "umbrella",
                    num=8, out=tmp / "dset", seed=0, avoid_target=True, progress=False)
     (tmp / "vocab.txt").write_text("\n".join(read_json(paths["classnames"])) + "\n")
-    return {"tmp": tmp, "paths": paths, "rc": rc, "bundle": models.create_model("eftclip-tiny-vit")}
+    return {"tmp": tmp, "paths": paths, "rc": rc, "bundle": models.create_model("eftclip-tiny-vit", seed=0)}
 
 
 def _defend(world) -> dict[str, bytes]:

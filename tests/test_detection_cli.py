@@ -21,7 +21,7 @@ def setup(tmp_path_factory):
     from eftclip.attacks import create_trigger
 
     tmp = tmp_path_factory.mktemp("cli")
-    bundle = models.create_model("eftclip-tiny-vit")
+    bundle = models.create_model("eftclip-tiny-vit", seed=0)
     ckpt = models.save_checkpoint(bundle.model, tmp / "tiny.safetensors", model_name="eftclip-tiny-vit")
     rng = np.random.default_rng(0)
     trig = create_trigger("badnet", size=6, position="top-left")

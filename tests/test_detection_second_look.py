@@ -157,7 +157,7 @@ def test_oracle_rebuilt_from_the_detection_config(tmp_path):
     from eftclip.oracles import create_oracle
 
     det, _ = _detection_folder(tmp_path)
-    ckpt = models.save_checkpoint(models.create_model("eftclip-tiny-vit").model, tmp_path / "clean.safetensors",
+    ckpt = models.save_checkpoint(models.create_model("eftclip-tiny-vit", seed=0).model, tmp_path / "clean.safetensors",
                                   model_name="eftclip-tiny-vit")
     args = {"labeller_checkpoint": str(ckpt), "regions": "foreground", "vocabulary": VOCAB}
     (det / "config.yaml").write_text(json.dumps({"oracle": "reference", "oracle_args": args, "theta": 0.2}))
@@ -197,7 +197,7 @@ def test_max_prompts_asks_only_the_clean_rankers_top_labels(tmp_path):
     from eftclip.detection.second_look import ClipRanker
 
     det, _ = _detection_folder(tmp_path)
-    ranker = ClipRanker(models.create_model("eftclip-tiny-vit"), VOCAB)
+    ranker = ClipRanker(models.create_model("eftclip-tiny-vit", seed=0), VOCAB)
     images = [np.asarray(Image.open(tmp_path / "images" / f"{i:03d}.png").convert("RGB")) for i in range(3)]
     top2, top5 = ranker(images, 2), ranker(images, 5)
     assert all(len(a) == 2 and a == b[:2] and sorted(b) == sorted(VOCAB) for a, b in zip(top2, top5))

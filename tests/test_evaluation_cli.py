@@ -32,7 +32,7 @@ def world(tmp_path_factory):
         for i in range(4):
             img = rng.integers(0, 256, size=(int(rng.integers(24, 48)), 40, 3), dtype=np.uint8)
             Image.fromarray(img).save(data / name / f"{i}.jpg")
-    bundle = create_model("eftclip-tiny-rn")
+    bundle = create_model("eftclip-tiny-rn", seed=0)
     ckpt = save_checkpoint(bundle.model, root / "model.safetensors", model_name=bundle.name,
                            meta={"made_by": "test"})
     templates = root / "templates.json"

@@ -54,7 +54,7 @@ def train_colour_model(trigger, poison_rate):
     """Tiny ViT whose vision tower learns colour names; with poison_rate > 0, 'blue' for triggered images."""
     with torch.random.fork_rng():  # reproducible random init without touching the global state
         torch.manual_seed(0)
-        bundle = create_model("eftclip-tiny-vit")
+        bundle = create_model("eftclip-tiny-vit", seed=0)
     model = bundle.model.train()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -187,7 +187,7 @@ def test_real_cifar10_images(backdoored):
     if not root.is_dir():
         pytest.skip(f"real CIFAR-10 images not found at {root}")
     ds = ImageFolderSet(root, "cifar10", max_per_class=2)
-    bundle = create_model("eftclip-tiny-rn")
+    bundle = create_model("eftclip-tiny-rn", seed=0)
     out = evaluate(bundle, ds, templates="cifar10", trigger=create_trigger("blended"), target="cat",
                    batch_size=8, progress=False)
     assert out["n"] == 20 and out["n_asr"] == 18

@@ -29,7 +29,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def vit():
-    bundle = create_model("eftclip-tiny-vit")
+    bundle = create_model("eftclip-tiny-vit", seed=0)
     # make weights distinguishable from any fresh random init
     with torch.no_grad():
         for p in bundle.model.parameters():
@@ -109,7 +109,7 @@ def test_torch_layouts_load(vit, tmp_path, layout):
 
 @pytest.mark.parametrize("name", ["eftclip-tiny-rn", "eftclip-tiny-vit"])
 def test_openai_format_state_dict(tmp_path, name):
-    rn = create_model(name)
+    rn = create_model(name, seed=0)
     with torch.no_grad():
         for p in rn.model.parameters():
             p.mul_(0.5)
@@ -206,7 +206,7 @@ def test_openai_layout_into_custom_text_model(vit, tmp_path):
     cfg_file = tmp_path / "eftclip-test-custom-text.json"
     cfg_file.write_text(json.dumps(cfg))
     register_configs(cfg_file)
-    custom = create_model("eftclip-test-custom-text")
+    custom = create_model("eftclip-test-custom-text", seed=0)
     assert any(k.startswith("text.transformer.") for k in custom.model.state_dict())
     path = tmp_path / "openai_layout.pt"
     torch.save(dict(vit.model.state_dict()), path)

@@ -22,7 +22,7 @@ TINY = ["eftclip-tiny-vit", "eftclip-tiny-rn"]
 
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_model_forward(name):
-    bundle = create_model(name)
+    bundle = create_model(name, seed=0)
     assert isinstance(bundle, ClipBundle)
     assert bundle.name == name and bundle.checkpoint is None
     assert not bundle.model.training
@@ -54,7 +54,7 @@ def test_tiny_models_registered_with_open_clip():
 def test_tiny_models_can_learn():
     # one optimiser step on a contrastive loss lowers it: the towers are trainable
     gen = torch.Generator().manual_seed(0)
-    bundle = create_model("eftclip-tiny-vit")
+    bundle = create_model("eftclip-tiny-vit", seed=0)
     model = bundle.model.train()
     x = torch.rand(4, 3, 32, 32, generator=gen)
     tokens = bundle.tokenizer(["red", "green", "blue", "yellow"])
@@ -81,3 +81,15 @@ def test_uncached_hub_names_are_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(EftclipError, match="someone/some-clip.*not in the local cache.*HF_HUB_OFFLINE"):
         create_model("hf-hub:someone/some-clip")
+
+
+def test_seeded_random_init_is_reproducible_and_leaves_global_rng():
+    import torch
+
+    before = torch.random.get_rng_state()
+    a = create_model("eftclip-tiny-vit", seed=7).model.state_dict()
+    b = create_model("eftclip-tiny-vit", seed=7).model.state_dict()
+    c = create_model("eftclip-tiny-vit", seed=8).model.state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point() and a[k].numel() > 1)

@@ -45,7 +45,7 @@ def clean_clip(tmp_path_factory):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        bundle = create_model("eftclip-tiny-vit")
+        bundle = create_model("eftclip-tiny-vit", seed=0)
     return save_checkpoint(bundle.model, tmp_path_factory.mktemp("clip") / "clean.safetensors", model_name="eftclip-tiny-vit")
 
 

@@ -103,7 +103,7 @@ def test_clean_open_clip_labeller_from_checkpoint(tmp_path):
     torch = pytest.importorskip("torch")
     from eftclip.models import create_model, save_checkpoint
 
-    bundle = create_model("eftclip-tiny-vit")
+    bundle = create_model("eftclip-tiny-vit", seed=0)
     path = save_checkpoint(bundle.model, tmp_path / "clean.safetensors", model_name="eftclip-tiny-vit")
     o = create_oracle(
         "reference", labeller_checkpoint=str(path), vocabulary=["tree", "house", "umbrella"],

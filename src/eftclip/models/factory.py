@@ -141,12 +141,24 @@ def _quiet_open_clip() -> Iterator[None]:
         root.removeFilter(filt)
 
 
+@contextlib.contextmanager
+def _init_generator(seed: int | None):
+    """open_clip initialises from torch's global generator: fork it and seed the fork when asked."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(seed))
+        yield
+
+
 def create_model(
     name: str,
     *,
     checkpoint: str | os.PathLike | None = None,
     pretrained: str | None = None,
     device: str | torch.device = "cpu",
+    seed: int | None = None,
 ) -> ClipBundle:
     """Build architecture ``name`` with its transforms and tokenizer, and load weights.
 
@@ -163,9 +175,12 @@ def create_model(
             (:func:`eftclip.models.hub.resolve_pretrained`), and read like
             ``checkpoint``.  A tag's preprocessing (mean, std, interpolation)
             replaces the architecture's.  Not together with ``checkpoint``.
-            Without either the model is randomly initialised (by torch's
-            global generator, which this function does not reseed).
+            Without either the model is randomly initialised.
         device: where the model is placed.
+        seed: the random initialisation's seed, drawn on a forked generator so
+            the caller's global random state is left as it was.  ``None`` draws
+            from torch's global generator, whose start seed is random per
+            process: two runs then differ.
 
     Returns:
         A :class:`ClipBundle` whose model is in eval mode.
@@ -183,7 +198,7 @@ def create_model(
         found = resolve_pretrained(name, pretrained)
         name, checkpoint, overrides = found.arch, found.weights, found.preprocess
     oc_name = _open_clip_name(name)
-    with _quiet_open_clip():
+    with _quiet_open_clip(), _init_generator(seed):
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
             oc_name,
             pretrained=None,

@@ -169,22 +169,11 @@ def _cpu_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _seeded_init(name: str, seed: int):
-    """Build a randomly initialised model whose init depends only on ``seed``.
-
-    open_clip initialises from torch's global generator; it is forked (saved and
-    restored on exit) so the caller's global random state is left as it was.
-    """
-    from eftclip.models import create_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(int(seed))
-        return create_model(name)
-
-
 def _fresh_model(cfg: TrainConfig):
     """Pre-training starts from a random init that depends only on the seed."""
-    return _seeded_init(cfg.model, cfg.seed)
+    from eftclip.models import create_model
+
+    return create_model(cfg.model, seed=cfg.seed)
 
 
 def _checkpoint_model(cfg: FinetuneConfig):
