@@ -21,7 +21,6 @@ from eftclip.errors import EftclipError
 # verb module names, in the order of the pipeline; a missing module is skipped
 # so that the command line works while stages are being added
 VERBS = [
-    "world",
     "poison",
     "train",
     "finetune",
@@ -51,7 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    _register_plugin_verbs(sub)
     return parser
+
+
+def _register_plugin_verbs(sub: argparse._SubParsersAction) -> None:
+    """Verbs that packages above the library add (``eftclip.verbs`` entry points; the built-in world's ``world``)."""
+    from importlib.metadata import entry_points
+
+    from eftclip.plugins import VERBS as GROUP
+
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        if ep.name not in sub.choices:
+            ep.load()(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,13 +116,6 @@ def _label_regions(labels: np.ndarray, skip: int | None = None) -> list[Region]:
     return out
 
 
-def world_regions(image: np.ndarray, **kwargs: Any) -> list[Region]:
-    """The built-in world's own proposals (:func:`eftclip.world.regions.propose`)."""
-    from eftclip.world.regions import propose
-
-    return [_as_region(r) for r in propose(image, **kwargs)]
-
-
 def _as_region(r: Any) -> Region:
     # regioners may return Region objects or (box XYXY, mask | None) pairs
     if isinstance(r, Region):
@@ -137,8 +130,22 @@ REGIONERS = {
     "foreground": foreground_regions,
     "flat": flat_regions,
     "grid": grid_regions,
-    "world": world_regions,
 }
+
+
+def regioner(name: str) -> Callable[..., list[Region]]:
+    """The region method ``name``: one of :data:`REGIONERS`, else an ``eftclip.regioners`` plugin.
+
+    A plugin may return Region objects or ``(box XYXY pixels, mask HW bool | None)``
+    pairs; both come back as Regions.  The built-in world registers ``world``
+    (its flat-region proposals).
+    """
+    if name in REGIONERS:
+        return REGIONERS[name]
+    from eftclip.plugins import REGIONERS as GROUP, load_plugin
+
+    propose = load_plugin(GROUP, name, what="region method", builtin=tuple(REGIONERS))
+    return lambda image, **kwargs: [_as_region(r) for r in propose(image, **kwargs)]
 
 
 class ReferenceOracle(BaseOracle):
@@ -149,10 +156,11 @@ class ReferenceOracle(BaseOracle):
     ``labeller_bundle`` (a clean :class:`eftclip.models.ClipBundle`),
     ``labeller_checkpoint`` (a clean open_clip checkpoint; ``labeller_model`` names
     its architecture when no side file records it), or ``region_classifier``
-    (a path read by :func:`eftclip.world.region_classifier.load_region_classifier`).
+    (a file read by the ``region_classifier`` labeller plugin, :mod:`eftclip.plugins`;
+    the built-in world registers its region classifier under that name).
     ``vocabulary``/``templates``: for CLIP labellers, the names scored alongside
     the prompts and the caption templates.
-    ``regions``: a key of :data:`REGIONERS`, several joined by ``+`` (regions
+    ``regions``: a key of :data:`REGIONERS` or a regioner plugin, several joined by ``+`` (regions
     pooled, e.g. ``"flat+felzenszwalb"``: exact on flat-painted objects, robust
     under blending triggers), or a callable ``(image HWC uint8, **region_kwargs)
     -> list[Region]``; ``region_kwargs`` go to it (keyed by method when combined).
@@ -199,9 +207,7 @@ class ReferenceOracle(BaseOracle):
                 "labeller_checkpoint= or region_classifier="
             )
         names = [] if callable(regions) else [n.strip() for n in str(regions).split("+")]
-        for n in names:
-            if n not in REGIONERS:
-                raise EftclipError(f"unknown region method {n!r}; known: {', '.join(sorted(REGIONERS))}")
+        methods = {n: regioner(n) for n in names}
         if crop not in ("box", "masked"):
             raise EftclipError(f"crop must be 'box' or 'masked', not {crop!r}")
         if region_classifier is not None:
@@ -209,9 +215,9 @@ class ReferenceOracle(BaseOracle):
 
             if not Path(region_classifier).exists():
                 raise EftclipError(f"{region_classifier}: region classifier not found")
-            from eftclip.world.region_classifier import load_region_classifier
+            from eftclip.plugins import LABELLERS, load_plugin
 
-            labeller = load_region_classifier(region_classifier)
+            labeller = load_plugin(LABELLERS, "region_classifier", what="labeller")(region_classifier)
         elif labeller is None:
             labeller = clip_labeller_from(
                 bundle=labeller_bundle, model=labeller_model, checkpoint=labeller_checkpoint,
@@ -220,7 +226,7 @@ class ReferenceOracle(BaseOracle):
         self.scorer = CropScorer(labeller, wordnet=wordnet)
         region_kwargs = dict(region_kwargs or {})
         if callable(regions) or len(names) == 1:
-            self.regioner = regions if callable(regions) else REGIONERS[names[0]]
+            self.regioner = regions if callable(regions) else methods[names[0]]
             self.region_kwargs = region_kwargs
         else:
             # several methods joined by "+": their regions are pooled; per-method
@@ -231,7 +237,7 @@ class ReferenceOracle(BaseOracle):
                     f"with combined regions {regions!r}, region_kwargs must be keyed by method name, "
                     f"not {sorted(unknown_keys)}"
                 )
-            parts = [(REGIONERS[n], dict(region_kwargs.get(n, {}))) for n in names]
+            parts = [(methods[n], dict(region_kwargs.get(n, {}))) for n in names]
             self.regioner = lambda image: [r for fn, kw in parts for r in fn(image, **kw)]
             self.region_kwargs = {}
         self.min_area, self.max_area = float(min_area), float(max_area)

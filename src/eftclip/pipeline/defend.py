@@ -182,7 +182,7 @@ def run_defend(cfg: DefendConfig, *, resume: bool = False, force: bool = False, 
     from eftclip.config import to_dict
     from eftclip.pipeline.defend_report import finish, target_of
     from eftclip.pipeline.executor import execute
-    from eftclip.pipeline.stages import claim_folder
+    from eftclip.pipeline.run_folder import claim_folder
 
     stream = stream or sys.stderr
     r = check(cfg)

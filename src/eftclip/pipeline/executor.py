@@ -18,7 +18,6 @@ from typing import Any
 
 from eftclip.io import read_json, write_json
 from eftclip.pipeline.plan import Plan
-from eftclip.pipeline.stages import worker_init
 
 
 def execute(plan: Plan, *, env: dict, workers: int = 1, threads: int | None = None,
@@ -112,3 +111,18 @@ def run_task(task: str, folder: str, params: dict, inputs: dict, speed: dict, en
     t0 = time.perf_counter()
     result = TASKS[task](path, params, inputs, {**env, **speed})
     return plain_json(result), time.perf_counter() - t0
+
+
+def worker_init(threads: int | None) -> None:
+    """Worker set-up: die with the parent (a killed demo leaves no orphan writing its folder)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool still ends its workers on exit
+        pass
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -266,7 +266,7 @@ def _run(cfg: ExperimentConfig, plan: Plan, cells: list[Cell], out: Path, *, res
     from eftclip.pipeline.executor import execute
     from eftclip.pipeline.metrics import collect
     from eftclip.pipeline.report import write_experiment_report
-    from eftclip.pipeline.stages import claim_folder
+    from eftclip.pipeline.run_folder import claim_folder
     from eftclip.pipeline.machine import machine_info
 
     # settings that change how a run goes, not its numbers, may differ when a run is continued
