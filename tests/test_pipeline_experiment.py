@@ -142,6 +142,15 @@ def test_every_attack_and_other_targets_run_through(tmp_path, attack, target):
         assert 0 <= row["ca"] <= 1 and 0 <= row["asr"] <= 1, row
     manifest = next((tmp_path / attack / "cache").glob("poison-*/poisoned/train/manifest.json"))
     assert json.loads(manifest.read_text())["target"] == target
+    if attack == "trojannn":  # the attacker optimises on its own training scenes, never the eval (test) split
+        from eftclip.data.captions import read_captions
+        from eftclip.pipeline.sources import build_source
+        from eftclip.world import world_paths
+
+        splits = world_paths(next((tmp_path / attack / "cache").glob("data-*/world")))
+        images = build_source({"kind": "world"}).surrogate_images(splits)
+        assert images and not any(i.startswith(str(splits["eval"])) for i in images)
+        assert set(images) == {r.image for r in read_captions(splits["train_csv"]).records}
 
 
 @pytest.mark.parametrize("change,message", [

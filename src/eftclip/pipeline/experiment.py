@@ -144,10 +144,12 @@ def _cell_stages(plan: Plan, cfg: ExperimentConfig, src: dict, source: Any, temp
     ids = cell.ids
     rate = cfg.poison_rate if a.poison_rate is None else a.poison_rate
     params = {**source.attack_defaults.get(a.name, {}), **a.params}
-    needs = {"data": ids["data"], **({"surrogate": ids["clean"]} if _needs_surrogate(a.name, params) else {})}
+    surrogate = _needs_surrogate(a.name, params)
+    needs = {"data": ids["data"], **({"surrogate": ids["clean"]} if surrogate else {})}
     ids["trigger"] = plan.add(Node(id=f"{p}/trigger", kind="trigger", task="build_trigger", needs=needs,
                                    params={"source": src, "attack": a.name, "params": params, "target": target,
-                                           "seed": seed, "templates": templates},
+                                           "seed": seed, "templates": templates,
+                                           **({"surrogate_images": "train"} if surrogate else {})},
                                    label=f"build the {a.name} trigger"))
     ids["poison"] = plan.add(Node(id=f"{p}/poison", kind="poison", task="poison",
                                   params={"source": src, "target": target, "rate": rate, "seed": seed},

@@ -34,7 +34,7 @@ class Source(Protocol):
 
     def poison_options(self, splits: dict, target: str) -> dict: ...
 
-    def surrogate_images(self, splits: dict) -> str: ...
+    def surrogate_images(self, splits: dict) -> list[str]: ...  # the attacker's own images (paths), never the test set
 
     def pool_size(self) -> int: ...
 
@@ -175,8 +175,11 @@ class FolderSource:
     def poison_options(self, splits: dict, target: str) -> dict:
         return {}
 
-    def surrogate_images(self, splits: dict) -> str:
-        return splits["surrogate"]  # the attacker optimises on training images, never the test set
+    def surrogate_images(self, splits: dict) -> list[str]:
+        """The training ImageFolder's images (the attacker's own), in ImageFolder order."""
+        from eftclip.data.zeroshot import ImageFolderSet
+
+        return [path for path, _ in ImageFolderSet(splits["surrogate"]).samples]
 
     def pool_size(self) -> int:
         return self.spec.pool

@@ -38,8 +38,10 @@ class Context:
 # --------------------------------------------------------------------------- world and data
 
 
-def build_trigger(ctx: Context, attack: str, params: dict, surrogate_checkpoint: str | None) -> dict:
-    """Resolve the trigger's parameters; TrojanNN-style optimises its patch first.
+def build_trigger(ctx: Context, attack: str, params: dict, surrogate_checkpoint: str | None,
+                  surrogate_images: list[str] = ()) -> dict:
+    """Resolve the trigger's parameters; TrojanNN-style optimises its patch first, against the
+    surrogate CLIP on 256 of ``surrogate_images`` (paths of the attacker's own images).
 
     Returns ``{"name", "params"}`` from which :func:`make_trigger` rebuilds it.
     """
@@ -50,18 +52,20 @@ def build_trigger(ctx: Context, attack: str, params: dict, surrogate_checkpoint:
         import numpy as np
         import torch
 
+        from PIL import Image
+
         from eftclip.attacks.trojannn import TrojanNNTrigger, save_pattern
-        from eftclip.data.zeroshot import ImageFolderSet
         from eftclip.models import load_checkpoint
 
-        if surrogate_checkpoint is None:
-            raise EftclipError("the trojannn attack needs a surrogate model to optimise its patch against")
+        if surrogate_checkpoint is None or not surrogate_images:
+            raise EftclipError("the trojannn attack needs a surrogate model and images to optimise its patch against")
         bundle = load_checkpoint(surrogate_checkpoint)
-        eval_dir, classnames = ctx.eval_spec()
-        dataset = ImageFolderSet(eval_dir, classnames=classnames)
         rng = np.random.default_rng([ctx.seed, 17])
-        picks = rng.choice(len(dataset), size=min(256, len(dataset)), replace=False)
-        images = [np.asarray(dataset.load(int(i))) for i in picks]
+        picks = rng.choice(len(surrogate_images), size=min(256, len(surrogate_images)), replace=False)
+        images = []
+        for i in picks:
+            with Image.open(surrogate_images[int(i)]) as im:
+                images.append(np.asarray(im.convert("RGB")))
         gen = torch.Generator().manual_seed(ctx.seed)
         size = int(params.get("size", 6))
         pattern = TrojanNNTrigger.optimise(bundle, ctx.target, images, steps=int(params.pop("steps", 150)), rng=gen,

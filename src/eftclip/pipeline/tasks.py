@@ -63,10 +63,9 @@ def pretrain(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
 def build_trigger(folder: Path, params: dict, inputs: dict, env: dict) -> dict:
     """The attack's trigger; TrojanNN-style optimises its patch against the surrogate (clean) CLIP."""
     ctx = _context(folder, params, env, inputs["data"])
-    ctx.eval_dir = _source(params).surrogate_images(inputs["data"])
-    ctx.classnames = inputs["data"]["classnames"]
     surrogate = inputs.get("surrogate", {}).get("checkpoint")
-    return steps.build_trigger(ctx, params["attack"], dict(params["params"]), surrogate)
+    images = _source(params).surrogate_images(inputs["data"]) if surrogate else []
+    return steps.build_trigger(ctx, params["attack"], dict(params["params"]), surrogate, images)
 
 
 @task

@@ -71,7 +71,7 @@ class WorldSource:
         paths = world_paths(root) if (root / "world.json").exists() else synth(root, seed=seed,
                                                                                 size=self.spec.size, overwrite=True)
         paths = {k: str(v) for k, v in paths.items()}
-        return {**paths, "classnames_list": list(read_json(paths["classnames"])), "surrogate": paths["eval"]}
+        return {**paths, "classnames_list": list(read_json(paths["classnames"]))}
 
     def train_oracle(self, folder: Path, splits: dict, seed: int, env: dict) -> dict:
         from eftclip.world import train_region_classifier
@@ -96,8 +96,11 @@ class WorldSource:
                                if len(scene["objects"]) == 1]
         return options
 
-    def surrogate_images(self, splits: dict) -> str:
-        return splits["surrogate"]
+    def surrogate_images(self, splits: dict) -> list[str]:
+        """The clean training scenes (the attacker's own data; the eval split is the test set), in CSV order."""
+        from eftclip.data.captions import read_captions
+
+        return [r.image for r in read_captions(splits["train_csv"]).records]
 
     def truth(self, splits: dict, detect_csv: str) -> tuple[dict, dict]:
         """``(objects, triggered)`` per detection image: for scoring only, never read by the defense."""
