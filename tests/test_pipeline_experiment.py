@@ -208,3 +208,12 @@ def test_a_cell_whose_detection_finds_nothing_goes_on_without_a_trigger(tmp_path
     assert out["stamped"] == 0
     rows = read_captions(out["csv"]).records
     assert [r.caption for r in rows] == [f"a cup {i}" for i in range(5)]
+
+
+def test_a_bad_config_file_is_named_in_the_error_and_nothing_is_written(tmp_path, capsys):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("source: {kind: world, size: tiny}\nseeds: [0]\nattacks: [badnet]\n"
+                   "defenses:\n  - {name: a, set: magic}\n")
+    assert main(["study", "--config", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert f"{bad}: defenses: a: unknown set 'magic'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

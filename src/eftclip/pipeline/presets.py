@@ -46,7 +46,20 @@ def load_experiment(name_or_path: str | os.PathLike, **overrides: Any) -> Experi
     for key, value in overrides.items():
         if value is not None:
             _set_dotted(values, key, value)
-    return config_from_mapping(values, source=str(path))
+    cfg = config_from_mapping(values, source=str(path))
+    _validate(cfg, path)
+    return cfg
+
+
+def _validate(cfg: ExperimentConfig, path: Path) -> None:
+    """The whole-config checks of :func:`eftclip.pipeline.checks.validate`, their errors naming ``path``."""
+    from eftclip.pipeline.checks import validate
+    from eftclip.pipeline.sources import build_source
+
+    try:
+        validate(cfg, build_source(cfg.source))
+    except EftclipError as exc:
+        raise EftclipError(f"{path}: {exc}") from None
 
 
 def _set_dotted(values: dict, key: str, value: Any) -> None:
