@@ -170,9 +170,10 @@ def _help_of(text: str, usage: str) -> str:
     return re.split(r" (?=--[\w-]+(?: [A-Z{]|, --))", rest, maxsplit=1)[0]
 
 
-def test_detect_help_shows_the_dataclass_defaults():
+def test_detect_help_shows_the_dataclass_defaults(monkeypatch):
     from eftclip.detection.config import DetectConfig
 
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside a default
     text = " ".join(_detect_parser().format_help().split())
     defaults = DetectConfig.__dataclass_fields__
     for usage, name in (("--tau TAU", "tau"), ("--theta THETA", "theta"), ("--min-count MIN_COUNT", "min_count"),
