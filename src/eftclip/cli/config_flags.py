@@ -76,7 +76,8 @@ def _shape(hint: Any) -> tuple[type, type]:
 
 
 def _default_text(f: dataclasses.Field) -> str:
-    """``"default: 8,16"`` (a tuple or dict as it is typed), ``"default: none"`` when empty, or ``"required"``."""
+    """``"default: 8,16"`` (a tuple or dict as it is typed; ``"default: none"`` when empty), or the
+    required field's ``"required, here or in --config"``."""
     if f.default is not dataclasses.MISSING:
         value = f.default
     elif f.default_factory is not dataclasses.MISSING:
@@ -152,6 +153,7 @@ def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def _required(f: dataclasses.Field) -> bool:
+    """A field the dataclass gives no default."""
     return f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
