@@ -104,3 +104,81 @@ def test_detect_config_file_and_bad_flags(setup, capsys):
     bad.write_text("checkpoint: x\nimages: y\nthresh: 3\n")
     assert main(["detect", "--config", str(bad), "--out", str(tmp / "d5")]) == 2
     assert "unknown key 'thresh'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- flags generated from DetectConfig
+
+# every flag `eftclip detect` took before its flags were generated: none of these commands may break
+OLD_DETECT_FLAGS = (
+    "--config --checkpoint --model --pretrained --images --out --vocab --labels --vocab-size --vocab-min-count "
+    "--oracle --oracle-arg --oracle-model --sam-model --tau --prompt-tau --theta --mode --flag-rule --evidence "
+    "--min-share --min-count --target --template --crop-pad --batch-size --device --on-error --max-images "
+    "--resume --force").split()
+
+
+def _detect_parser():
+    import argparse
+
+    from eftclip.cli import detect
+
+    return detect.register(argparse.ArgumentParser(prog="eftclip").add_subparsers())
+
+
+def test_every_detect_config_field_has_a_flag_and_old_names_still_parse():
+    import dataclasses
+
+    from eftclip.cli.detect import NOT_FLAGS
+    from eftclip.detection.config import DetectConfig
+
+    parser = _detect_parser()
+    dests = {a.dest for a in parser._actions if a.option_strings}
+    missing = {f.name for f in dataclasses.fields(DetectConfig)} - set(NOT_FLAGS) - dests
+    assert not missing, f"DetectConfig fields without a flag: {missing}"
+    assert not set(NOT_FLAGS) & dests
+    options = parser._option_string_actions
+    assert [f for f in OLD_DETECT_FLAGS if f not in options] == []
+    assert options["--template"].dest == "templates" and options["--oracle-arg"].dest == "oracle_args"
+
+
+def test_detect_precedence_default_yaml_flag_and_oracle_model(tmp_path):
+    from eftclip.cli.detect import build_config
+    from eftclip.detection.config import DetectConfig
+    from eftclip.oracles import MODEL_ARGS
+
+    cfg_file = tmp_path / "detect.yaml"
+    cfg_file.write_text("checkpoint: c.safetensors\nimages: data.csv\ntau: 3\ntheta: 0.3\noracle: owlv2\n"
+                        "oracle_args: {threshold: 0.1}\nlabels: [cat]\n")
+    parser = _detect_parser()
+    cfg = build_config(parser.parse_args(["--config", str(cfg_file), "--out", "o", "--theta", "0.5",
+                                          "--template", "a {}.", "--template", "an image of a {}."]))
+    assert (cfg.tau, cfg.theta, cfg.min_count) == (3, 0.5, DetectConfig.__dataclass_fields__["min_count"].default)
+    assert cfg.labels == ("cat",) and cfg.templates == ("a {}.", "an image of a {}.")
+    # --oracle-model names the weights of the YAML's oracle: over the YAML's oracle_args, under --oracle-arg
+    key = MODEL_ARGS["owlv2"]
+    cfg = build_config(parser.parse_args(["--config", str(cfg_file), "--out", "o", "--oracle-model", "org/owl"]))
+    assert cfg.oracle_args == {"threshold": 0.1, key: "org/owl"}
+    cfg = build_config(parser.parse_args(["--config", str(cfg_file), "--out", "o", "--oracle-model", "org/owl",
+                                          "--oracle-arg", f"{key}=mine", "--oracle-arg", "threshold=0.2"]))
+    assert cfg.oracle_args == {"threshold": 0.2, key: "mine"}
+
+
+def _help_of(text: str, usage: str) -> str:
+    """The help of one option in ``--help`` output (whitespace collapsed): what follows ``usage`` up to the next option."""
+    import re
+
+    rest = text.split(f" {usage} ", 1)[1]
+    return re.split(r" (?=--[\w-]+(?: [A-Z{]|, --))", rest, maxsplit=1)[0]
+
+
+def test_detect_help_shows_the_dataclass_defaults(monkeypatch):
+    from eftclip.detection.config import DetectConfig
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside a default
+    text = " ".join(_detect_parser().format_help().split())
+    defaults = DetectConfig.__dataclass_fields__
+    for usage, name in (("--tau TAU", "tau"), ("--theta THETA", "theta"), ("--min-count MIN_COUNT", "min_count"),
+                        ("--batch-size BATCH_SIZE", "batch_size"), ("--vocab VOCAB", "vocab")):
+        assert _help_of(text, usage).endswith(f"(default: {defaults[name].default})"), usage
+    assert f"(default: {','.join(defaults['templates'].default)})" in _help_of(text, "--template STR,...")
+    assert _help_of(text, "--images IMAGES").endswith("(required, here or in --config)")
+    assert "(default " not in text  # no default typed by hand ("(default 5)") is left

@@ -67,3 +67,75 @@ def test_sweep_bad_values(clean, bundle):
         run_sweep(SweepConfig(**base, taus=(5, 9)), oracle=_oracle(), bundle=bundle)
     with pytest.raises(EftclipError, match="larger than the 32x32"):
         run_sweep(SweepConfig(**base, rhos=(40,), mus=("top-left",), taus=(2,)), oracle=_oracle(), bundle=bundle)
+
+
+# --------------------------------------------------------------------------- the command line, flags from SweepConfig
+
+# every flag `eftclip sweep` took before its flags were generated: none of these commands may break
+OLD_SWEEP_FLAGS = (
+    "--checkpoint --model --pretrained --images --out --target --vocab --labels --oracle --oracle-arg --oracle-model "
+    "--sam-model --trigger --trigger-arg --rho --mu --theta --tau --mode --flag-rule --min-share --min-count "
+    "--no-clean --max-images --batch-size --device --seed").split()
+
+
+def _sweep_parser():
+    import argparse
+
+    from eftclip.cli import sweep
+
+    return sweep.register(argparse.ArgumentParser(prog="eftclip").add_subparsers())
+
+
+def test_every_sweep_config_field_has_a_flag_and_old_names_still_parse():
+    import dataclasses
+
+    parser = _sweep_parser()
+    dests = {a.dest for a in parser._actions if a.option_strings}
+    missing = {f.name for f in dataclasses.fields(SweepConfig)} - dests
+    assert not missing, f"SweepConfig fields without a flag: {missing}"
+    options = parser._option_string_actions
+    assert [f for f in OLD_SWEEP_FLAGS if f not in options] == []
+    assert {options[f].dest for f in ("--rho", "--mu", "--theta", "--tau", "--no-clean", "--trigger-arg")} == {
+        "rhos", "mus", "thetas", "taus", "include_clean", "trigger_args"}
+
+
+def test_sweep_help_shows_the_dataclass_defaults(monkeypatch):
+    from test_detection_cli import _help_of
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside "bottom-right"
+    text = " ".join(_sweep_parser().format_help().split())
+    defaults = SweepConfig.__dataclass_fields__
+    for usage, name in (("--rho INT,...", "rhos"), ("--theta FLOAT,...", "thetas"), ("--mu STR,...", "mus")):
+        shown = ",".join(map(str, defaults[name].default))
+        assert f"(default: {shown}); comma-separated, repeatable" in _help_of(text, usage), usage
+    assert _help_of(text, "--clean, --no-clean").endswith(f"(default: {defaults['include_clean'].default})")
+    assert "(default " not in text  # no default typed by hand is left
+
+
+def test_sweep_command_line_yaml_and_flags(clean, bundle, capsys):
+    from eftclip.cli import main
+    from eftclip.config import load_yaml
+    from eftclip.io import read_json
+    from eftclip.models import save_checkpoint
+
+    d, vocab, tmp = clean
+    ckpt = save_checkpoint(bundle.model, tmp / "tiny.safetensors", model_name="eftclip-tiny-vit")
+    cfg_file = tmp / "sweep.yaml"
+    cfg_file.write_text(f"images: {d}\nvocab: {vocab}\nthetas: [0.9]\ntaus: [3]\nmin_count: 2\n"
+                        "trigger_args: {pattern: noise, pattern_seed: 0}\n")
+    argv = ["sweep", "--config", str(cfg_file), "--checkpoint", str(ckpt), "--out", str(tmp / "sw"),
+            "--rho", "4", "--mu", "top-left", "--theta", "0.3,0.6", "--no-clean", "--batch-size", "4",
+            "--trigger-arg", "pattern_seed=7", "--oracle-arg", f"labeller_checkpoint={ckpt}",
+            "--oracle-arg", "regions=foreground", "--oracle-arg", "wordnet=false"]
+    assert main(argv) == 0
+    saved = load_yaml(tmp / "sw" / "config.yaml")
+    assert saved["rhos"] == [4] and saved["mus"] == ["top-left"] and saved["include_clean"] is False
+    assert saved["thetas"] == [0.3, 0.6] and saved["taus"] == [3] and saved["min_count"] == 2  # flag > YAML > default
+    assert saved["trigger_args"] == {"pattern": "noise", "pattern_seed": 7}
+    assert saved["oracle_args"]["wordnet"] is False and saved["batch_size"] == 4 and saved["seed"] == 0
+    assert len(read_json(tmp / "sw" / "sweep.json")) == 2  # 1 rho x 1 mu x 2 thetas x 1 tau
+    assert "sweep: 2 settings" in capsys.readouterr().err
+    # a bad item of a list flag: one error naming the flag, nothing written
+    assert main(argv[:-2] + ["--rho", "4,big", "--out", str(tmp / "sw2")]) == 2
+    assert "--rho '4,big': expected comma-separated int values" in capsys.readouterr().err
+    assert not (tmp / "sw2").exists()

@@ -179,6 +179,21 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+def cli_flag(name: str | None = None, *, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A config field's ``metadata`` for its generated command-line flag (:mod:`eftclip.cli.config_flags`).
+
+    ``name`` replaces the flag made from the field's name (``"--template"`` for ``templates``; a bool
+    named ``"--clean"`` reads ``--clean/--no-clean``); ``choices``: the values the flag accepts.
+    Usage: ``mode: str = field(default="robust", metadata=cli_flag(choices=MODES))``.
+    """
+    meta: dict[str, Any] = {}
+    if name is not None:
+        meta["flag"] = name
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    return meta
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A dataclass (possibly nested) as plain YAML/JSON-friendly data."""
     return _plain(dataclasses.asdict(cfg))

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
-from eftclip.cli.values import parse_key_values
+from eftclip.cli.config_flags import add_config_flags, config_from_args
 from eftclip.pipeline.defend import DefendConfig
-from eftclip.training.cli_args import add_config_flags, config_from_args
-
-# dict fields: repeatable KEY=VALUE flags instead of generated ones
-_KEY_VALUES = {"oracle_args": "--oracle-arg", "true_attack_params": "--true-attack-param"}
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -26,11 +21,7 @@ def register(subparsers) -> argparse.ArgumentParser:
             "recovered trigger (and, for studies, under --true-attack, labelled as scoring the defense did not "
             "use). Writes OUT/report.md, metrics.json, verdict.txt, config.yaml; resumable stage by stage."),
     )
-    add_config_flags(p, DefendConfig, skip=tuple(_KEY_VALUES))
-    p.add_argument("--oracle-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="an oracle constructor argument, repeatable (VALUE parsed as JSON when it can be)")
-    p.add_argument("--true-attack-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="scoring only: a parameter of --true-attack, repeatable")
+    add_config_flags(p, DefendConfig)
     p.add_argument("--resume", action="store_true", help="continue a run in --out made with other settings")
     p.add_argument("--force", action="store_true", help="delete the defend run in --out and start over")
     p.set_defaults(func=run)
@@ -38,10 +29,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace) -> DefendConfig:
-    cfg = config_from_args(args, DefendConfig)
-    flags = {field: parse_key_values(getattr(args, flag[2:].replace("-", "_")), flag)
-             for field, flag in _KEY_VALUES.items()}
-    return dataclasses.replace(cfg, **{k: {**getattr(cfg, k), **v} for k, v in flags.items()})
+    return config_from_args(args, DefendConfig)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 
 from eftclip.cli.checks import check_run_io
+from eftclip.cli.config_flags import add_config_flags, config_from_args
 from eftclip.io import dumps
-
-from eftclip.training.cli_args import add_config_flags, config_from_args
 from eftclip.training.config import TrainConfig
 
 

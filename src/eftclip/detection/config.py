@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from eftclip.config import cli_flag
 from eftclip.detection.algorithms import FLAG_RULES
 from eftclip.errors import EftclipError
 
@@ -26,9 +27,9 @@ class DecideParams:
 
     tau: int = 5  # length of CLIP's label list L_i (and of the oracle's prompt)
     theta: float = 0.66  # oracle confidence threshold in [0, 1]
-    mode: str = "robust"  # "robust" or "faithful" (the paper's rules as written)
-    flag_rule: str = "top1"  # robust: a trigger of K flags an image at rank 1 ("top1") or anywhere in L_i ("topk")
-    evidence: str = "top1"  # robust: count a label as ranked only at rank 1 ("top1") or wherever in L_i ("topk")
+    mode: str = field(default="robust", metadata=cli_flag(choices=MODES))  # "robust" or "faithful" (the paper's rules as written)
+    flag_rule: str = field(default="top1", metadata=cli_flag(choices=FLAG_RULES))  # robust: a trigger of K flags an image at rank 1 ("top1") or anywhere in L_i ("topk")
+    evidence: str = field(default="top1", metadata=cli_flag(choices=FLAG_RULES))  # robust: count a label as ranked only at rank 1 ("top1") or wherever in L_i ("topk")
     min_share: float = 0.66  # robust: q, share of images where ranked that leave the label unconfirmed
     min_count: int = 5  # robust: m, least number of judged images for a label to enter K
     target: str | None = None  # the true attack target, when known (metrics: is it in K)
@@ -46,13 +47,13 @@ class DetectConfig(DecideParams):
     vocab_size: int = 200  # "mined": at most this many labels
     vocab_min_count: int = 3  # "mined": a word must occur in at least this many captions
     oracle: str = "reference"  # oracle backend name (eftclip.oracles.ORACLES)
-    oracle_args: dict = field(default_factory=dict)  # keyword arguments for the oracle's constructor
+    oracle_args: dict = field(default_factory=dict, metadata=cli_flag("--oracle-arg"))  # keyword arguments for the oracle's constructor
     prompt_tau: int | None = None  # prompt the oracle with this many labels (>= tau) so tau sweeps need no model pass; None = tau
-    templates: tuple[str, ...] = ("a photo of a {}.",)  # prompt templates for CLIP's text classifier
+    templates: tuple[str, ...] = field(default=("a photo of a {}.",), metadata=cli_flag("--template"))  # prompt templates for CLIP's text classifier
     crop_pad: float = 0.0  # grow each oracle box by this fraction of its size before cropping
     batch_size: int = 32  # images per batch (CLIP, oracle, and crops re-scored)
     device: str = "cpu"  # torch device for CLIP
-    on_error: str = "skip"  # an image that fails to load: "skip" (counted) or "fail"
+    on_error: str = field(default="skip", metadata=cli_flag(choices=ON_ERROR))  # an image that fails to load: "skip" (counted) or "fail"
     max_images: int | None = None  # only the first N images (quick looks)
     figure_n: int = 5  # images in figure7.png
     resume: bool = False  # keep the records of a run made with other pass-2 settings

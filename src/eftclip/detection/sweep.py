@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eftclip.detection.config import DecideParams, check_params
+from eftclip.config import cli_flag
+from eftclip.detection.algorithms import FLAG_RULES
+from eftclip.detection.config import MODES, DecideParams, check_params
 from eftclip.detection.decide import decide
 from eftclip.detection.records import iter_records, run_pass1
 from eftclip.detection.scoring import ClipScorer
@@ -46,22 +48,22 @@ class SweepConfig:
     labels: tuple[str, ...] = ()  # labels always in the vocabulary
     target: str | None = None  # the attack's target label (added to the vocabulary; metrics check K holds it)
     oracle: str = "reference"  # oracle backend
-    oracle_args: dict = field(default_factory=dict)  # oracle constructor arguments
+    oracle_args: dict = field(default_factory=dict, metadata=cli_flag("--oracle-arg"))  # oracle constructor arguments
     trigger: str = "badnet"  # patch trigger name; its size/position are set from rho/mu
-    trigger_args: dict = field(default_factory=dict)  # other trigger parameters (e.g. pattern)
-    rhos: tuple[int, ...] = (8, 16)  # patch sides in pixels
-    mus: tuple[str, ...] = ("random", "top-left", "bottom-right")  # patch positions
-    thetas: tuple[float, ...] = (0.5, 0.58, 0.66, 0.74, 0.82)  # oracle confidence thresholds
-    taus: tuple[int, ...] = (5, 7)  # CLIP list lengths
-    mode: str = "robust"  # detection mode (see eftclip.detection.algorithms)
-    flag_rule: str = "top1"  # robust flag rule
-    evidence: str = "top1"  # robust evidence counting (rank 1 only, or "topk")
+    trigger_args: dict = field(default_factory=dict, metadata=cli_flag("--trigger-arg"))  # other trigger parameters (e.g. pattern)
+    rhos: tuple[int, ...] = field(default=(8, 16), metadata=cli_flag("--rho"))  # patch sides in pixels
+    mus: tuple[str, ...] = field(default=("random", "top-left", "bottom-right"), metadata=cli_flag("--mu"))  # patch positions
+    thetas: tuple[float, ...] = field(default=(0.5, 0.58, 0.66, 0.74, 0.82), metadata=cli_flag("--theta"))  # oracle confidence thresholds
+    taus: tuple[int, ...] = field(default=(5, 7), metadata=cli_flag("--tau"))  # CLIP list lengths
+    mode: str = field(default="robust", metadata=cli_flag(choices=MODES))  # detection mode (see eftclip.detection.algorithms)
+    flag_rule: str = field(default="top1", metadata=cli_flag(choices=FLAG_RULES))  # robust flag rule
+    evidence: str = field(default="top1", metadata=cli_flag(choices=FLAG_RULES))  # robust evidence counting (rank 1 only, or "topk")
     min_share: float = 0.66  # robust q
     min_count: int = 5  # robust m
-    include_clean: bool = True  # also examine the untouched images (precision, false positives)
+    include_clean: bool = field(default=True, metadata=cli_flag("--clean"))  # also examine the untouched images (precision, false positives)
     vocab_size: int = 200  # mined vocabulary size
     vocab_min_count: int = 3  # mined vocabulary: least caption count
-    templates: tuple[str, ...] = ("a photo of a {}.",)  # CLIP prompt templates
+    templates: tuple[str, ...] = field(default=("a photo of a {}.",), metadata=cli_flag("--template"))  # CLIP prompt templates
     batch_size: int = 32  # images per batch
     device: str = "cpu"  # torch device
     max_images: int | None = None  # only the first N clean images

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eftclip.config import cli_flag
 from eftclip.detection.runner import DetectConfig
 from eftclip.detection.trigger_recovery import DEFAULT_METHOD
 from eftclip.errors import EftclipError
@@ -36,7 +37,7 @@ class DefendConfig:
     data: str | None = None  # the images to examine: a caption CSV/TSV/webdataset or a folder of images
     pool: str | None = None  # clean caption table the repair set is drawn from
     oracle: str | None = None  # oracle backend: reference, onnx-detector, fastsam, owlv2, grounding-dino
-    oracle_args: dict = field(default_factory=dict)  # oracle constructor arguments (--oracle-arg KEY=VALUE)
+    oracle_args: dict = field(default_factory=dict, metadata=cli_flag("--oracle-arg"))  # oracle constructor arguments
     oracle_model: str | None = None  # the oracle's weights: a folder, file or hub id
     vocab: str = DetectConfig.vocab  # label file (.txt / .json), or "mined" from the data's captions
     templates: str | None = None  # prompt templates (openai, simple, cifar10 or a JSON list); null = detection's
@@ -51,7 +52,7 @@ class DefendConfig:
     eval: str | None = None  # zero-shot ImageFolder for CA and ASR before and after (with classes)
     classes: str | None = None  # its class names: cifar10, imagenet1k or a JSON file
     true_attack: str | None = None  # scoring only: the true trigger's name, when a study knows it
-    true_attack_params: dict = field(default_factory=dict)  # scoring only: its parameters (--true-attack-param)
+    true_attack_params: dict = field(default_factory=dict, metadata=cli_flag("--true-attack-param"))  # scoring only: its parameters
     out: str | None = None  # output folder: verdict.txt, report.md, metrics.json, trigger/, repaired.safetensors
     seed: int = 0  # every random choice (pool draws, recovery, fine-tuning order) derives from it
     device: str = "cpu"  # torch device

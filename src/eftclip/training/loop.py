@@ -44,6 +44,7 @@ from tqdm import tqdm
 from eftclip.config import load_yaml, write_config
 from eftclip.errors import EftclipError
 from eftclip.io import write_json
+from eftclip.threads import torch_threads
 from eftclip.training.config import FinetuneConfig, TrainConfig, fingerprint
 from eftclip.training.data import Pairs, epoch_order
 from eftclip.training.distributed import DistInfo, all_reduce_mean, barrier, setup_distributed, teardown
@@ -153,20 +154,6 @@ def _adamw(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, **kwargs)
-
-
-@contextlib.contextmanager
-def _cpu_threads(n: int | None):
-    """Use ``n`` intra-op threads for the run and restore the previous number afterwards."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _fresh_model(cfg: TrainConfig):
@@ -392,7 +379,7 @@ class _Run:
         cfg = self.cfg
         info, device = setup_distributed(cfg.device)
         try:
-            with _cpu_threads(cfg.cpu_threads):
+            with torch_threads(cfg.cpu_threads):
                 return self._run(info, device)
         finally:
             teardown(info)
