@@ -107,8 +107,10 @@ def test_evaluate_cli_flag_errors(world, capsys):
 
 def test_parse_attack_params():
     assert parse_attack_params(['{"size": 8, "position": "random"}']) == {"size": 8, "position": "random"}
-    assert parse_attack_params(["size=8", "pattern-seed=3"]) == {"size": "8", "pattern_seed": "3"}
-    with pytest.raises(EftclipError, match="not key=value"):
+    # decoded as every verb's KEY=VALUE: numbers as numbers, words as strings
+    assert parse_attack_params(["size=8", "pattern-seed=3", "position=top-left"]) == {
+        "size": 8, "pattern_seed": 3, "position": "top-left"}
+    with pytest.raises(EftclipError, match="--attack-params 'size': expected KEY=VALUE"):
         parse_attack_params(["size"])
     with pytest.raises(EftclipError, match="not valid JSON"):
         parse_attack_params(["{size: 8}"])

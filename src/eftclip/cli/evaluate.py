@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from eftclip.cli.values import parse_key_values
 from eftclip.errors import EftclipError
 from eftclip.guards import check_count, check_device, check_io, check_output_file
 
@@ -66,7 +67,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def parse_attack_params(values: list[str]) -> dict[str, Any]:
-    """``['{"size": 8}']`` or ``['size=8', 'position=random']`` -> dict (k=v values stay strings)."""
+    """``['{"size": 8}']`` or ``['size=8', 'position=random']`` -> dict (k=v values decoded as
+    :func:`eftclip.cli.values.parse_key_values` decodes every verb's KEY=VALUE)."""
     if len(values) == 1 and values[0].lstrip().startswith("{"):
         try:
             params = json.loads(values[0])
@@ -75,13 +77,7 @@ def parse_attack_params(values: list[str]) -> dict[str, Any]:
         if not isinstance(params, dict):
             raise EftclipError("--attack-params: the JSON must be an object of parameter: value")
         return params
-    params: dict[str, Any] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise EftclipError(f"--attack-params: {item!r} is not key=value (or give one JSON object)")
-        params[key.strip().replace("-", "_")] = value
-    return params
+    return parse_key_values(values, "--attack-params")
 
 
 def _pct(x: float | None) -> str:
