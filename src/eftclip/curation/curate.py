@@ -27,6 +27,7 @@ Asking for more items than the pool holds is an error.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +37,106 @@ from eftclip.curation.profile import label_weights, quotas, read_affected_labels
 from eftclip.errors import EftclipError
 
 LABEL_BY = ("caption", "clip")
+
+
+@dataclass(frozen=True)
+class _LabelDraws:
+    """A draw of distinct pool items in progress: each label's items in a fixed random order, read once."""
+
+    order: dict[str, list[int]]  # label -> its items' pool indices, shuffled once
+    pos: dict[str, int]  # label -> how many of its ``order`` have been read
+    chosen: set[int] = field(default_factory=set)  # pool indices drawn so far
+    picks: list[int] = field(default_factory=list)  # the same, in draw order
+    assigned: list[str | None] = field(default_factory=list)  # label each pick was drawn for; None = fill
+
+    @classmethod
+    def shuffled(cls, cands: dict[str, list[int]], rng: np.random.Generator) -> "_LabelDraws":
+        """A fresh draw over ``cands`` (label -> pool indices); one permutation per label, in label order."""
+        # a random order per label, fixed once, so draws are seeded and reproducible
+        order = {lab: [idx[j] for j in rng.permutation(len(idx))] for lab, idx in sorted(cands.items())}
+        return cls(order, {lab: 0 for lab in order})
+
+    def add(self, i: int, lab: str | None) -> None:
+        """Record pool item ``i`` as drawn for ``lab``."""
+        self.chosen.add(i)
+        self.picks.append(i)
+        self.assigned.append(lab)
+
+    def take(self, lab: str, k: int) -> int:
+        """Draw up to ``k`` items not yet chosen from ``lab``'s order; return how many were drawn."""
+        got = 0
+        seq = self.order[lab]
+        while got < k and self.pos[lab] < len(seq):
+            i = seq[self.pos[lab]]
+            self.pos[lab] += 1
+            if i in self.chosen:
+                continue
+            self.add(i, lab)
+            got += 1
+        return got
+
+    def available(self, lab: str) -> int:
+        """How many of ``lab``'s items are still unread and not chosen."""
+        return sum(1 for i in self.order[lab][self.pos[lab] :] if i not in self.chosen)
+
+
+def _items_by_label(item_labels: Sequence[set[str]], weights: dict[str, float]) -> dict[str, list[int]]:
+    """Label of ``weights`` -> indices (ascending) of the pool items that carry it."""
+    cands: dict[str, list[int]] = {lab: [] for lab in weights}
+    for i, labs in enumerate(item_labels):
+        for lab in labs:
+            if lab in cands:
+                cands[lab].append(i)
+    return cands
+
+
+def _draw_quotas(draws: _LabelDraws, weights: dict[str, float],
+                 initial: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Draw each label's quota, passing shortfalls on by weight; return ``(drawn, shortfall)`` per label."""
+    drawn = {lab: 0 for lab in weights}
+    shortfall = {lab: 0 for lab in weights}
+    want = dict(initial)
+    active = {lab for lab, w in weights.items() if w > 0}
+    while True:
+        missing = 0
+        # scarcest first: labels with few items are served before others can take them
+        for lab in sorted((lab for lab in want if want[lab] > 0), key=lambda lab: (draws.available(lab), lab)):
+            got = draws.take(lab, want[lab])
+            drawn[lab] += got
+            if got < want[lab]:
+                short = want[lab] - got
+                if lab in initial and drawn[lab] < initial[lab]:
+                    shortfall[lab] = initial[lab] - drawn[lab]
+                missing += short
+                active.discard(lab)
+            want[lab] = 0
+        active = {lab for lab in active if draws.available(lab) > 0}
+        if missing == 0 or not active:
+            return drawn, shortfall
+        want = quotas({lab: weights[lab] for lab in sorted(active)}, missing)
+
+
+def _select_report(weights: dict[str, float], initial: dict[str, int], drawn: dict[str, int],
+                   shortfall: dict[str, int], cands: dict[str, list[int]], size: int, fill: int) -> dict:
+    """:func:`select`'s report: ``{label: {weight, target_share, quota, drawn, share, shortfall, available}}``.
+
+    Plus ``"_fill": {drawn, share}`` for the items drawn outside any label.
+    """
+    wsum = sum(weights.values()) or 1.0
+    report = {
+        lab: {
+            "weight": weights[lab],
+            "target_share": weights[lab] / wsum,
+            "quota": initial.get(lab, 0),
+            "drawn": drawn[lab],
+            "share": drawn[lab] / size if size else 0.0,
+            "shortfall": shortfall[lab],
+            "available": len(cands[lab]),
+        }
+        for lab in weights
+    }
+    report["_fill"] = {"drawn": max(fill, 0), "share": max(fill, 0) / size if size else 0.0}
+    return report
 
 
 def select(
@@ -56,79 +157,16 @@ def select(
         raise EftclipError(f"--size {size} is larger than the pool ({n} items)")
     if size < 0:
         raise EftclipError(f"cannot draw {size} pool items")
-    cands: dict[str, list[int]] = {lab: [] for lab in weights}
-    for i, labs in enumerate(item_labels):
-        for lab in labs:
-            if lab in cands:
-                cands[lab].append(i)
-    # a random order per label, fixed once, so draws are seeded and reproducible
-    order = {lab: [idx[j] for j in rng.permutation(len(idx))] for lab, idx in sorted(cands.items())}
-    pos = {lab: 0 for lab in order}
-    chosen: set[int] = set()
-    picks: list[int] = []
-    assigned: list[str | None] = []
+    cands = _items_by_label(item_labels, weights)
+    draws = _LabelDraws.shuffled(cands, rng)
     initial = quotas(weights, size)
-    drawn = {lab: 0 for lab in weights}
-    shortfall = {lab: 0 for lab in weights}
-
-    def take(lab: str, k: int) -> int:
-        got = 0
-        seq = order[lab]
-        while got < k and pos[lab] < len(seq):
-            i = seq[pos[lab]]
-            pos[lab] += 1
-            if i in chosen:
-                continue
-            chosen.add(i)
-            picks.append(i)
-            assigned.append(lab)
-            got += 1
-        return got
-
-    def available(lab: str) -> int:
-        return sum(1 for i in order[lab][pos[lab] :] if i not in chosen)
-
-    want = dict(initial)
-    active = {lab for lab, w in weights.items() if w > 0}
-    while True:
-        missing = 0
-        # scarcest first: labels with few items are served before others can take them
-        for lab in sorted((lab for lab in want if want[lab] > 0), key=lambda lab: (available(lab), lab)):
-            got = take(lab, want[lab])
-            drawn[lab] += got
-            if got < want[lab]:
-                short = want[lab] - got
-                if lab in initial and drawn[lab] < initial[lab]:
-                    shortfall[lab] = initial[lab] - drawn[lab]
-                missing += short
-                active.discard(lab)
-            want[lab] = 0
-        active = {lab for lab in active if available(lab) > 0}
-        if missing == 0 or not active:
-            break
-        want = quotas({lab: weights[lab] for lab in sorted(active)}, missing)
-    fill = size - len(picks)
+    drawn, shortfall = _draw_quotas(draws, weights, initial)
+    fill = size - len(draws.picks)
     if fill > 0:
-        rest = [i for i in rng.permutation(n).tolist() if i not in chosen]
+        rest = [i for i in rng.permutation(n).tolist() if i not in draws.chosen]
         for i in rest[:fill]:
-            chosen.add(i)
-            picks.append(i)
-            assigned.append(None)
-    wsum = sum(weights.values()) or 1.0
-    report = {
-        lab: {
-            "weight": weights[lab],
-            "target_share": weights[lab] / wsum,
-            "quota": initial.get(lab, 0),
-            "drawn": drawn[lab],
-            "share": drawn[lab] / size if size else 0.0,
-            "shortfall": shortfall[lab],
-            "available": len(cands[lab]),
-        }
-        for lab in weights
-    }
-    report["_fill"] = {"drawn": max(fill, 0), "share": max(fill, 0) / size if size else 0.0}
-    return picks, assigned, report
+            draws.add(i, None)
+    return draws.picks, draws.assigned, _select_report(weights, initial, drawn, shortfall, cands, size, fill)
 
 
 def label_pool_by_caption(captions: Sequence[str], vocab: Sequence[str]) -> list[set[str]]:
