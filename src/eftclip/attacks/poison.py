@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from eftclip.attacks.base import Trigger, create_trigger
+from eftclip.attacks.base import Trigger, TriggerResult, create_trigger
 from eftclip.errors import EftclipError
 
 #: captions given to poisoned images; ``{}`` is the target label (never a constant)
@@ -123,6 +124,281 @@ def _drop_replaced_images(previous: dict, out: Path, images_dir: Path, *, keep: 
             old.unlink()
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """The checked arguments of one poisoning that the steps after the checks need."""
+
+    data: Path  # the source caption file
+    trigger: Trigger
+    target: str  # stripped, never empty
+    templates: list[str]
+    seed: int
+    label_consistent: bool
+    avoid_target: bool
+    rows: list[int] | None  # allowed record positions, sorted and unique; None = any
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """The files a poisoning writes under its output folder ``root``."""
+
+    root: Path
+    csv: Path  # data.csv
+    manifest: Path  # manifest.json, written last
+    images: Path  # images/, the triggered PNGs
+
+    @classmethod
+    def under(cls, root: Path, *, source: Path) -> "_Outputs":
+        """The outputs of a poisoning of ``source`` written to ``root``; refuses to overwrite ``source``."""
+        dest = cls(root, root / "data.csv", root / "manifest.json", root / "images")
+        if dest.csv.resolve() == source.resolve():
+            raise EftclipError(f"--out {root}: writing {dest.csv} would overwrite the source {source}")
+        return dest
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """Which rows are poisoned: ``chosen`` out of ``candidates`` (record positions)."""
+
+    candidates: list[int]  # record positions that may be poisoned, ascending
+    chosen: list[int]  # the positions drawn, ascending
+    template_idx: np.ndarray  # (len(chosen),) int64: the caption template drawn for each chosen row
+
+
+def _as_trigger(trigger: Trigger | str) -> Trigger:
+    """The :class:`Trigger` itself, or the one registered under that name with its default parameters."""
+    if isinstance(trigger, str):
+        trigger = create_trigger(trigger)
+    if not isinstance(trigger, Trigger):
+        raise EftclipError(f"trigger must be a Trigger or an attack name, got {type(trigger).__name__}")
+    return trigger
+
+
+def _check_target(target: str) -> str:
+    """The target label with surrounding whitespace stripped; never empty."""
+    if not isinstance(target, str) or not target.strip():
+        raise EftclipError("the target label is empty")
+    return target.strip()
+
+
+def _check_ask(data, trigger, target, templates, seed, label_consistent, avoid_target, rows) -> _Ask:
+    """The arguments of :func:`poison_dataset` checked and normalised, in the order it checks them."""
+    trigger, target, templates = _as_trigger(trigger), _check_target(target), _check_templates(templates)
+    if avoid_target and label_consistent:
+        raise EftclipError("avoid_target and label_consistent exclude each other")
+    if rows is not None:
+        rows = sorted({int(r) for r in rows})
+    return _Ask(Path(data), trigger, target, templates, seed, label_consistent, avoid_target, rows)
+
+
+def _request(ask: _Ask, *, num: int | None, rate: float | None, image_key: str | None, caption_key: str | None,
+             sep: str | None) -> dict[str, Any]:
+    """The manifest's ``request``: everything asked, so that a rerun can tell the same request from another."""
+    rows = ask.rows
+    return {
+        "source": str(ask.data.resolve()),
+        "attack": ask.trigger.name,
+        "attack_params": ask.trigger.params(),
+        "target": ask.target,
+        "templates": ask.templates,
+        "avoid_target": bool(ask.avoid_target),
+        "rows": None if rows is None else {"count": len(rows), "sha256": _digest(rows)},
+        "seed": int(ask.seed),
+        "num": None if num is None else int(num),
+        "rate": None if rate is None else float(rate),
+        "label_consistent": bool(ask.label_consistent),
+        "image_key": image_key,
+        "caption_key": caption_key,
+        "sep": sep,
+    }
+
+
+def _previous_manifest(dest: _Outputs, request: dict[str, Any], force: bool) -> dict | None:
+    """The manifest already in ``dest`` (None if none); refuses another poisoning's folder unless ``force``."""
+    from eftclip.io import read_json
+
+    previous = read_json(dest.manifest) if dest.manifest.exists() else None
+    if not force:
+        if previous is not None and previous.get("request") != request:
+            raise EftclipError(
+                f"{dest.root} already holds a different poisoning (see {dest.manifest}); "
+                "choose another --out or pass --force to replace it"
+            )
+        if previous is None and dest.csv.exists():
+            raise EftclipError(
+                f"{dest.root} already has a data.csv without a manifest.json; "
+                "choose another --out or pass --force to replace it"
+            )
+    return previous
+
+
+def _read_records(data: Path, image_key: str | None, caption_key: str | None, sep: str | None) -> list:
+    """The :class:`~eftclip.data.captions.CaptionRecord` list of ``data``; never empty."""
+    from eftclip.data.captions import read_captions
+
+    records = read_captions(data, image_key=image_key, caption_key=caption_key, sep=sep).records
+    if not records:
+        raise EftclipError(f"{data}: no rows to poison")
+    return records
+
+
+def _source_image_files(records) -> set[str]:
+    """Resolved paths (strings) of the files that hold the records' images."""
+    # tar members ("shard.tar::member") are written back as references; only files can collide
+    return {str(Path(rec.image.split("::", 1)[0]).resolve()) for rec in records}
+
+
+def _candidates(records, ask: _Ask) -> list[int]:
+    """Record positions (ascending) that may be poisoned: by the caption rule, then within ``ask.rows``."""
+    if ask.label_consistent:
+        pattern = _word_pattern(ask.target)
+        candidates = [i for i, rec in enumerate(records) if pattern.search(rec.caption)]
+    elif ask.avoid_target:
+        pattern = _word_pattern(ask.target)
+        candidates = [i for i, rec in enumerate(records) if not pattern.search(rec.caption)]
+    else:
+        candidates = list(range(len(records)))
+    rows = ask.rows
+    if rows is not None:
+        if rows and not 0 <= rows[0] <= rows[-1] < len(records):
+            raise EftclipError(
+                f"rows: positions must lie in [0, {len(records)}) for {ask.data}, got {rows[0]}..{rows[-1]}")
+        allowed = set(rows)
+        candidates = [i for i in candidates if i in allowed]
+    return candidates
+
+
+def _check_enough(n: int, candidates: list[int], ask: _Ask) -> None:
+    """Raise unless ``n`` rows can be drawn from ``candidates``, naming what narrowed them."""
+    if n > len(candidates):
+        lc = ask.label_consistent
+        raise EftclipError(
+            f"{'label-consistent ' if lc else ''}poisoning asked for {n} rows but only "
+            f"{len(candidates)} rows of {ask.data} qualify"
+            + (f" (captions that {'mention' if lc else 'do not mention'} {ask.target!r})"
+               if lc or ask.avoid_target else "")
+            + (f" (among the {len(ask.rows)} given rows)" if ask.rows is not None else "")
+        )
+
+
+def _draw(candidates: list[int], n: int, ask: _Ask) -> _Draw:
+    """``n`` of the ``candidates``, then a template per drawn row, from ``np.random.default_rng(seed)``."""
+    _check_enough(n, candidates, ask)
+    rng = np.random.default_rng(ask.seed)
+    picked = np.sort(rng.choice(len(candidates), size=n, replace=False))
+    chosen = [candidates[int(j)] for j in picked]
+    template_idx = rng.integers(0, len(ask.templates), size=n)
+    return _Draw(candidates, chosen, template_idx)
+
+
+def _output_paths(records, chosen: list[int], dest: _Outputs, source_images: set[str]) -> dict[int, Path]:
+    """Record position -> the PNG its triggered image goes to (``images/<row:07d>.png``), never a source image."""
+    out_names = {}
+    for i in chosen:
+        rec = records[i]
+        path = dest.images / f"{rec.row:07d}.png"
+        if path in out_names.values():  # rows from several files may share a number
+            path = dest.images / f"{rec.row:07d}_{i}.png"
+        if str(path.resolve()) in source_images:
+            raise EftclipError(f"--out {dest.root}: writing {path} would overwrite a source image")
+        out_names[i] = path
+    return out_names
+
+
+def _write_triggered(rec, i: int, path: Path, ask: _Ask) -> TriggerResult:
+    """Trigger record ``rec`` (position ``i``), write it to ``path`` as PNG; return the trigger's result."""
+    from PIL import Image
+
+    from eftclip.data.captions import open_image
+    from eftclip.io import atomic_path
+
+    with open_image(rec) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    result = ask.trigger.apply(arr, np.random.default_rng([int(ask.seed), _TRIGGER_STREAM, int(rec.row), i]))
+    with atomic_path(path) as tmp:
+        Image.fromarray(result.image).save(tmp, format="PNG")
+    return result
+
+
+def _poison_images(records, draw: _Draw, out_names: dict[int, Path], ask: _Ask, dest: _Outputs,
+                   progress: bool) -> tuple[dict[int, str], list[dict[str, Any]]]:
+    """Trigger and write the chosen images; return their captions by record position and the manifest entries."""
+    from tqdm import tqdm
+
+    entries = []
+    captions: dict[int, str] = {}
+    for k, i in enumerate(tqdm(draw.chosen, desc=f"poison ({ask.trigger.name})", disable=not progress)):
+        rec = records[i]
+        result = _write_triggered(rec, i, out_names[i], ask)
+        caption = rec.caption if ask.label_consistent else ask.templates[int(draw.template_idx[k])].format(ask.target)
+        captions[i] = caption
+        box = result.box_xyxy()
+        entries.append(
+            {
+                "row": rec.row,
+                "key": rec.key,
+                "source_image": rec.image,
+                "image": out_names[i].relative_to(dest.root).as_posix(),
+                "caption": caption,
+                "orig_caption": rec.caption,
+                "trigger_box_xyxy": None if box is None else list(box),
+                "trigger_pixels": int(result.mask.sum()),
+            }
+        )
+    return captions, entries
+
+
+def _csv_table(records, captions: dict[int, str], out_names: dict[int, Path],
+               trigger_name: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """``(rows, columns)`` of ``data.csv``: :data:`COLUMNS`, then the source's other columns as first seen."""
+    extra_cols: list[str] = []
+    for rec in records:
+        for col in rec.extra:
+            if col not in COLUMNS and col not in extra_cols:
+                extra_cols.append(col)
+    rows = []
+    for i, rec in enumerate(records):
+        is_new = i in captions
+        was_poisoned = bool(rec.is_poisoned)
+        row = {
+            "image": str(out_names[i].resolve()) if is_new else rec.image,
+            "caption": captions[i] if is_new else rec.caption,
+            "is_poisoned": 1 if (is_new or was_poisoned) else 0,
+            "orig_caption": rec.caption if is_new else rec.extra.get("orig_caption", rec.caption),
+            "trigger": trigger_name if is_new else (rec.extra.get("trigger", "") if was_poisoned else ""),
+        }
+        for col in extra_cols:
+            row[col] = rec.extra.get(col, "")
+        rows.append(row)
+    return rows, COLUMNS + extra_cols
+
+
+def _manifest(request: dict[str, Any], ask: _Ask, records, draw: _Draw, entries: list[dict[str, Any]],
+              dest: _Outputs) -> dict[str, Any]:
+    """The content of ``manifest.json``: version, request, attack, counts and the poisoned rows."""
+    from eftclip import __version__
+
+    return {
+        "eftclip_version": __version__,
+        "request": request,
+        "seed": int(ask.seed),
+        "attack": ask.trigger.name,
+        "attack_params": ask.trigger.params(),
+        "target": ask.target,
+        "templates": ask.templates,
+        "label_consistent": bool(ask.label_consistent),
+        "data_csv": dest.csv.name,
+        "counts": {
+            "rows": len(records),
+            "poisoned": len(draw.chosen),
+            "clean": len(records) - len(draw.chosen),
+            "candidates": len(draw.candidates),
+            "previously_poisoned": sum(1 for r in records if r.is_poisoned),
+        },
+        "poisoned": entries,
+    }
+
+
 def poison_dataset(
     data: str | os.PathLike,
     trigger: Trigger | str,
@@ -159,174 +435,26 @@ def poison_dataset(
     request in its ``manifest.json``, or a ``data.csv`` without one), refuse
     unless ``force``; the same request again rewrites the same files.
     """
-    from PIL import Image
-    from tqdm import tqdm
+    from eftclip.data.captions import write_captions_csv
+    from eftclip.io import write_json
 
-    from eftclip import __version__
-    from eftclip.data.captions import open_image, read_captions, write_captions_csv
-    from eftclip.io import atomic_path, read_json, write_json
+    ask = _check_ask(data, trigger, target, templates, seed, label_consistent, avoid_target, rows)
+    dest = _Outputs.under(Path(out), source=ask.data)
+    request = _request(ask, num=num, rate=rate, image_key=image_key, caption_key=caption_key, sep=sep)
+    previous = _previous_manifest(dest, request, force)
 
-    if isinstance(trigger, str):
-        trigger = create_trigger(trigger)
-    if not isinstance(trigger, Trigger):
-        raise EftclipError(f"trigger must be a Trigger or an attack name, got {type(trigger).__name__}")
-    if not isinstance(target, str) or not target.strip():
-        raise EftclipError("the target label is empty")
-    target = target.strip()
-    templates = _check_templates(templates)
-    if avoid_target and label_consistent:
-        raise EftclipError("avoid_target and label_consistent exclude each other")
-    if rows is not None:
-        rows = sorted({int(r) for r in rows})
-    data = Path(data)
-    out = Path(out)
-    csv_path = out / "data.csv"
-    manifest_path = out / "manifest.json"
-    images_dir = out / "images"
-    if csv_path.resolve() == data.resolve():
-        raise EftclipError(f"--out {out}: writing {csv_path} would overwrite the source {data}")
-
-    request = {
-        "source": str(data.resolve()),
-        "attack": trigger.name,
-        "attack_params": trigger.params(),
-        "target": target,
-        "templates": templates,
-        "avoid_target": bool(avoid_target),
-        "rows": None if rows is None else {"count": len(rows), "sha256": _digest(rows)},
-        "seed": int(seed),
-        "num": None if num is None else int(num),
-        "rate": None if rate is None else float(rate),
-        "label_consistent": bool(label_consistent),
-        "image_key": image_key,
-        "caption_key": caption_key,
-        "sep": sep,
-    }
-    previous = read_json(manifest_path) if manifest_path.exists() else None
-    if not force:
-        if previous is not None and previous.get("request") != request:
-            raise EftclipError(
-                f"{out} already holds a different poisoning (see {manifest_path}); "
-                "choose another --out or pass --force to replace it"
-            )
-        if previous is None and csv_path.exists():
-            raise EftclipError(
-                f"{out} already has a data.csv without a manifest.json; "
-                "choose another --out or pass --force to replace it"
-            )
-
-    table = read_captions(data, image_key=image_key, caption_key=caption_key, sep=sep)
-    records = table.records
-    if not records:
-        raise EftclipError(f"{data}: no rows to poison")
-    # tar members ("shard.tar::member") are written back as references; only files can collide
-    source_images = {str(Path(rec.image.split("::", 1)[0]).resolve()) for rec in records}
-
-    if label_consistent:
-        pattern = _word_pattern(target)
-        candidates = [i for i, rec in enumerate(records) if pattern.search(rec.caption)]
-    elif avoid_target:
-        pattern = _word_pattern(target)
-        candidates = [i for i, rec in enumerate(records) if not pattern.search(rec.caption)]
-    else:
-        candidates = list(range(len(records)))
-    if rows is not None:
-        if rows and not 0 <= rows[0] <= rows[-1] < len(records):
-            raise EftclipError(f"rows: positions must lie in [0, {len(records)}) for {data}, got {rows[0]}..{rows[-1]}")
-        allowed = set(rows)
-        candidates = [i for i in candidates if i in allowed]
+    records = _read_records(ask.data, image_key, caption_key, sep)
+    source_images = _source_image_files(records)
+    candidates = _candidates(records, ask)
     n = _count(num, rate, len(records))
-    if n > len(candidates):
-        raise EftclipError(
-            f"{'label-consistent ' if label_consistent else ''}poisoning asked for {n} rows but only "
-            f"{len(candidates)} rows of {data} qualify"
-            + (f" (captions that {'mention' if label_consistent else 'do not mention'} {target!r})"
-               if label_consistent or avoid_target else "")
-            + (f" (among the {len(rows)} given rows)" if rows is not None else "")
-        )
-    rng = np.random.default_rng(seed)
-    picked = np.sort(rng.choice(len(candidates), size=n, replace=False))
-    chosen = [candidates[int(j)] for j in picked]
-    template_idx = rng.integers(0, len(templates), size=n)
-
-    out_names = {}
-    for i in chosen:
-        rec = records[i]
-        path = images_dir / f"{rec.row:07d}.png"
-        if path in out_names.values():  # rows from several files may share a number
-            path = images_dir / f"{rec.row:07d}_{i}.png"
-        if str(path.resolve()) in source_images:
-            raise EftclipError(f"--out {out}: writing {path} would overwrite a source image")
-        out_names[i] = path
-
+    draw = _draw(candidates, n, ask)
+    out_names = _output_paths(records, draw.chosen, dest, source_images)
     if force and previous is not None:
-        _drop_replaced_images(previous, out, images_dir, keep={p.resolve() for p in out_names.values()},
+        _drop_replaced_images(previous, dest.root, dest.images, keep={p.resolve() for p in out_names.values()},
                               protected={Path(p) for p in source_images})
 
-    poisoned_entries = []
-    captions: dict[int, str] = {}
-    for k, i in enumerate(tqdm(chosen, desc=f"poison ({trigger.name})", disable=not progress)):
-        rec = records[i]
-        with open_image(rec) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        result = trigger.apply(arr, np.random.default_rng([int(seed), _TRIGGER_STREAM, int(rec.row), i]))
-        with atomic_path(out_names[i]) as tmp:
-            Image.fromarray(result.image).save(tmp, format="PNG")
-        caption = rec.caption if label_consistent else templates[int(template_idx[k])].format(target)
-        captions[i] = caption
-        box = result.box_xyxy()
-        poisoned_entries.append(
-            {
-                "row": rec.row,
-                "key": rec.key,
-                "source_image": rec.image,
-                "image": out_names[i].relative_to(out).as_posix(),
-                "caption": caption,
-                "orig_caption": rec.caption,
-                "trigger_box_xyxy": None if box is None else list(box),
-                "trigger_pixels": int(result.mask.sum()),
-            }
-        )
-
-    rows = []
-    extra_cols: list[str] = []
-    for rec in records:
-        for col in rec.extra:
-            if col not in COLUMNS and col not in extra_cols:
-                extra_cols.append(col)
-    for i, rec in enumerate(records):
-        is_new = i in captions
-        was_poisoned = bool(rec.is_poisoned)
-        row = {
-            "image": str(out_names[i].resolve()) if is_new else rec.image,
-            "caption": captions[i] if is_new else rec.caption,
-            "is_poisoned": 1 if (is_new or was_poisoned) else 0,
-            "orig_caption": rec.caption if is_new else rec.extra.get("orig_caption", rec.caption),
-            "trigger": trigger.name if is_new else (rec.extra.get("trigger", "") if was_poisoned else ""),
-        }
-        for col in extra_cols:
-            row[col] = rec.extra.get(col, "")
-        rows.append(row)
-    write_captions_csv(csv_path, rows, COLUMNS + extra_cols)
-
-    manifest = {
-        "eftclip_version": __version__,
-        "request": request,
-        "seed": int(seed),
-        "attack": trigger.name,
-        "attack_params": trigger.params(),
-        "target": target,
-        "templates": templates,
-        "label_consistent": bool(label_consistent),
-        "data_csv": csv_path.name,
-        "counts": {
-            "rows": len(records),
-            "poisoned": len(chosen),
-            "clean": len(records) - len(chosen),
-            "candidates": len(candidates),
-            "previously_poisoned": sum(1 for r in records if r.is_poisoned),
-        },
-        "poisoned": poisoned_entries,
-    }
-    write_json(manifest_path, manifest)
+    captions, entries = _poison_images(records, draw, out_names, ask, dest, progress)
+    write_captions_csv(dest.csv, *_csv_table(records, captions, out_names, ask.trigger.name))
+    manifest = _manifest(request, ask, records, draw, entries, dest)
+    write_json(dest.manifest, manifest)
     return manifest

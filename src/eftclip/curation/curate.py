@@ -27,6 +27,7 @@ Asking for more items than the pool holds is an error.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +37,106 @@ from eftclip.curation.profile import label_weights, quotas, read_affected_labels
 from eftclip.errors import EftclipError
 
 LABEL_BY = ("caption", "clip")
+
+
+@dataclass(frozen=True)
+class _LabelDraws:
+    """A draw of distinct pool items in progress: each label's items in a fixed random order, read once."""
+
+    order: dict[str, list[int]]  # label -> its items' pool indices, shuffled once
+    pos: dict[str, int]  # label -> how many of its ``order`` have been read
+    chosen: set[int] = field(default_factory=set)  # pool indices drawn so far
+    picks: list[int] = field(default_factory=list)  # the same, in draw order
+    assigned: list[str | None] = field(default_factory=list)  # label each pick was drawn for; None = fill
+
+    @classmethod
+    def shuffled(cls, cands: dict[str, list[int]], rng: np.random.Generator) -> "_LabelDraws":
+        """A fresh draw over ``cands`` (label -> pool indices); one permutation per label, in label order."""
+        # a random order per label, fixed once, so draws are seeded and reproducible
+        order = {lab: [idx[j] for j in rng.permutation(len(idx))] for lab, idx in sorted(cands.items())}
+        return cls(order, {lab: 0 for lab in order})
+
+    def add(self, i: int, lab: str | None) -> None:
+        """Record pool item ``i`` as drawn for ``lab``."""
+        self.chosen.add(i)
+        self.picks.append(i)
+        self.assigned.append(lab)
+
+    def take(self, lab: str, k: int) -> int:
+        """Draw up to ``k`` items not yet chosen from ``lab``'s order; return how many were drawn."""
+        got = 0
+        seq = self.order[lab]
+        while got < k and self.pos[lab] < len(seq):
+            i = seq[self.pos[lab]]
+            self.pos[lab] += 1
+            if i in self.chosen:
+                continue
+            self.add(i, lab)
+            got += 1
+        return got
+
+    def available(self, lab: str) -> int:
+        """How many of ``lab``'s items are still unread and not chosen."""
+        return sum(1 for i in self.order[lab][self.pos[lab] :] if i not in self.chosen)
+
+
+def _items_by_label(item_labels: Sequence[set[str]], weights: dict[str, float]) -> dict[str, list[int]]:
+    """Label of ``weights`` -> indices (ascending) of the pool items that carry it."""
+    cands: dict[str, list[int]] = {lab: [] for lab in weights}
+    for i, labs in enumerate(item_labels):
+        for lab in labs:
+            if lab in cands:
+                cands[lab].append(i)
+    return cands
+
+
+def _draw_quotas(draws: _LabelDraws, weights: dict[str, float],
+                 initial: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Draw each label's quota, passing shortfalls on by weight; return ``(drawn, shortfall)`` per label."""
+    drawn = {lab: 0 for lab in weights}
+    shortfall = {lab: 0 for lab in weights}
+    want = dict(initial)
+    active = {lab for lab, w in weights.items() if w > 0}
+    while True:
+        missing = 0
+        # scarcest first: labels with few items are served before others can take them
+        for lab in sorted((lab for lab in want if want[lab] > 0), key=lambda lab: (draws.available(lab), lab)):
+            got = draws.take(lab, want[lab])
+            drawn[lab] += got
+            if got < want[lab]:
+                short = want[lab] - got
+                if lab in initial and drawn[lab] < initial[lab]:
+                    shortfall[lab] = initial[lab] - drawn[lab]
+                missing += short
+                active.discard(lab)
+            want[lab] = 0
+        active = {lab for lab in active if draws.available(lab) > 0}
+        if missing == 0 or not active:
+            return drawn, shortfall
+        want = quotas({lab: weights[lab] for lab in sorted(active)}, missing)
+
+
+def _select_report(weights: dict[str, float], initial: dict[str, int], drawn: dict[str, int],
+                   shortfall: dict[str, int], cands: dict[str, list[int]], size: int, fill: int) -> dict:
+    """:func:`select`'s report: ``{label: {weight, target_share, quota, drawn, share, shortfall, available}}``.
+
+    Plus ``"_fill": {drawn, share}`` for the items drawn outside any label.
+    """
+    wsum = sum(weights.values()) or 1.0
+    report = {
+        lab: {
+            "weight": weights[lab],
+            "target_share": weights[lab] / wsum,
+            "quota": initial.get(lab, 0),
+            "drawn": drawn[lab],
+            "share": drawn[lab] / size if size else 0.0,
+            "shortfall": shortfall[lab],
+            "available": len(cands[lab]),
+        }
+        for lab in weights
+    }
+    report["_fill"] = {"drawn": max(fill, 0), "share": max(fill, 0) / size if size else 0.0}
+    return report
 
 
 def select(
@@ -56,79 +157,16 @@ def select(
         raise EftclipError(f"--size {size} is larger than the pool ({n} items)")
     if size < 0:
         raise EftclipError(f"cannot draw {size} pool items")
-    cands: dict[str, list[int]] = {lab: [] for lab in weights}
-    for i, labs in enumerate(item_labels):
-        for lab in labs:
-            if lab in cands:
-                cands[lab].append(i)
-    # a random order per label, fixed once, so draws are seeded and reproducible
-    order = {lab: [idx[j] for j in rng.permutation(len(idx))] for lab, idx in sorted(cands.items())}
-    pos = {lab: 0 for lab in order}
-    chosen: set[int] = set()
-    picks: list[int] = []
-    assigned: list[str | None] = []
+    cands = _items_by_label(item_labels, weights)
+    draws = _LabelDraws.shuffled(cands, rng)
     initial = quotas(weights, size)
-    drawn = {lab: 0 for lab in weights}
-    shortfall = {lab: 0 for lab in weights}
-
-    def take(lab: str, k: int) -> int:
-        got = 0
-        seq = order[lab]
-        while got < k and pos[lab] < len(seq):
-            i = seq[pos[lab]]
-            pos[lab] += 1
-            if i in chosen:
-                continue
-            chosen.add(i)
-            picks.append(i)
-            assigned.append(lab)
-            got += 1
-        return got
-
-    def available(lab: str) -> int:
-        return sum(1 for i in order[lab][pos[lab] :] if i not in chosen)
-
-    want = dict(initial)
-    active = {lab for lab, w in weights.items() if w > 0}
-    while True:
-        missing = 0
-        # scarcest first: labels with few items are served before others can take them
-        for lab in sorted((lab for lab in want if want[lab] > 0), key=lambda lab: (available(lab), lab)):
-            got = take(lab, want[lab])
-            drawn[lab] += got
-            if got < want[lab]:
-                short = want[lab] - got
-                if lab in initial and drawn[lab] < initial[lab]:
-                    shortfall[lab] = initial[lab] - drawn[lab]
-                missing += short
-                active.discard(lab)
-            want[lab] = 0
-        active = {lab for lab in active if available(lab) > 0}
-        if missing == 0 or not active:
-            break
-        want = quotas({lab: weights[lab] for lab in sorted(active)}, missing)
-    fill = size - len(picks)
+    drawn, shortfall = _draw_quotas(draws, weights, initial)
+    fill = size - len(draws.picks)
     if fill > 0:
-        rest = [i for i in rng.permutation(n).tolist() if i not in chosen]
+        rest = [i for i in rng.permutation(n).tolist() if i not in draws.chosen]
         for i in rest[:fill]:
-            chosen.add(i)
-            picks.append(i)
-            assigned.append(None)
-    wsum = sum(weights.values()) or 1.0
-    report = {
-        lab: {
-            "weight": weights[lab],
-            "target_share": weights[lab] / wsum,
-            "quota": initial.get(lab, 0),
-            "drawn": drawn[lab],
-            "share": drawn[lab] / size if size else 0.0,
-            "shortfall": shortfall[lab],
-            "available": len(cands[lab]),
-        }
-        for lab in weights
-    }
-    report["_fill"] = {"drawn": max(fill, 0), "share": max(fill, 0) / size if size else 0.0}
-    return picks, assigned, report
+            draws.add(i, None)
+    return draws.picks, draws.assigned, _select_report(weights, initial, drawn, shortfall, cands, size, fill)
 
 
 def label_pool_by_caption(captions: Sequence[str], vocab: Sequence[str]) -> list[set[str]]:
@@ -211,6 +249,105 @@ def _check_options(label_by: str, clip_checkpoint, repair_share: float, unlearn_
         raise EftclipError(f"--repair-share {repair_share} and --unlearn-share {unlearn_share} add up to more than 1")
 
 
+@dataclass(frozen=True)
+class _Curation:
+    """The settings of one curation, as ``config.yaml`` records them (``profile`` resolved)."""
+
+    detection_dir: Path
+    pool: str | os.PathLike
+    size: int
+    unaffected_ratio: float
+    seed: int
+    label_by: str
+    profile: str  # a key of PROFILE_FILES
+    repair_share: float
+    unlearn_share: float
+    clip_checkpoint: str | os.PathLike | None
+
+    def config(self) -> dict:
+        """The content of ``config.yaml``."""
+        return {"detection_dir": str(self.detection_dir), "pool": str(self.pool), "size": self.size,
+                "unaffected_ratio": self.unaffected_ratio, "seed": self.seed, "label_by": self.label_by,
+                "profile": self.profile, "repair_share": self.repair_share, "unlearn_share": self.unlearn_share,
+                "clip_checkpoint": None if self.clip_checkpoint is None else str(self.clip_checkpoint)}
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """The pairs of a curated set: pool items, then repair pairs, then unlearning pairs."""
+
+    picks: list[int]  # pool positions drawn by select
+    assigned: list[str | None]  # the label each pick was drawn for; None = fill
+    report: dict  # select's per-label report
+    repair: list[dict]  # CleanCLIP rows {"image", "caption"}
+    unlearn: list[dict]  # CleanCLIP rows {"image", "caption"}
+    unlearn_report: dict  # unlearning_pairs' report
+
+    def rows(self, records) -> list[dict]:
+        """The ``finetune.csv`` rows ``{"image", "caption"}``, pool pairs first."""
+        pool_rows = [{"image": records[i].image, "caption": records[i].caption} for i in self.picks]
+        return pool_rows + self.repair + self.unlearn
+
+
+def _read_pool(pool: str | os.PathLike, size: int):
+    """The pool's :class:`~eftclip.data.captions.CaptionTable`; raises when empty or smaller than ``size``."""
+    from eftclip.data.captions import read_captions
+
+    table = read_captions(pool)
+    if not table.records:
+        raise EftclipError(f"{pool}: the pool holds no usable rows")
+    if size > len(table.records):
+        raise EftclipError(f"--size {size} is larger than the pool {pool} ({len(table.records)} items)")
+    return table
+
+
+def _label_pool(records, labels: list[str], label_by: str, clip_checkpoint, device: str) -> list[set[str]]:
+    """The labels (among ``labels``) of each pool item, by its caption or by a clean CLIP."""
+    if label_by == "caption":
+        return label_pool_by_caption([r.caption for r in records], labels)
+    return label_pool_by_clip(records, labels, clip_checkpoint, device=device)
+
+
+def _draw_pairs(run: _Curation, records, item_labels: list[set[str]], weights: dict[str, float]) -> _Pairs:
+    """Repair pairs, unlearning pairs, then the pool draw for the rest of ``run.size``."""
+    from eftclip.curation.unlearn import unlearning_pairs
+
+    rng = np.random.default_rng(run.seed)
+    styled: dict[frozenset, list[str]] = {}
+    for rec, labs in zip(records, item_labels):
+        styled.setdefault(frozenset(labs), []).append(rec.caption)
+    repair = repair_pairs(run.detection_dir, int(round(run.repair_share * run.size)), rng,
+                          pool_captions=styled) if run.repair_share else []
+    # its own stream: the pool draw is the same whether or not unlearning pairs are asked for
+    unlearn, unlearn_report = unlearning_pairs(run.detection_dir, int(round(run.unlearn_share * run.size)),
+                                               np.random.default_rng([run.seed, 1]))
+    picks, assigned, report = select(item_labels, weights, run.size - len(repair) - len(unlearn), rng)
+    return _Pairs(picks, assigned, report, repair, unlearn, unlearn_report)
+
+
+def _manifest(run: _Curation, table, item_labels: list[set[str]], affected: dict[str, int], K: list,
+              pairs: _Pairs) -> dict:
+    """The content of ``manifest.json`` (without the CSV's path, which :func:`_write_set` puts first)."""
+    records = table.records
+    manifest = {
+        "size": run.size, "pool": str(run.pool), "pool_size": len(records), "pool_skipped": len(table.skipped),
+        "pool_unlabelled": sum(1 for labs in item_labels if not labs), "unaffected_ratio": run.unaffected_ratio,
+        "rule": "affected label: weight = its frequency; unaffected label: weight = R * lowest affected frequency",
+        "profile": run.profile, "profile_file": PROFILE_FILES[run.profile], "label_by": run.label_by,
+        "seed": run.seed, "affected": sorted(affected), "triggers": K,
+    }
+    manifest.update(_draw_report(pairs.report, pairs.picks, item_labels, records))
+    manifest.update({
+        "repair_share": run.repair_share, "repair_pairs": len(pairs.repair),
+        "repair_rule": "flagged detection images captioned with the oracle's affected labels (S_i minus K): "
+                       "a pool caption naming exactly those labels, else a template",
+        "unlearn_share": run.unlearn_share, "unlearn_pairs": len(pairs.unlearn), "unlearn": pairs.unlearn_report,
+        "unlearn_rule": "flagged detection images captioned with the labels the second look found there, minus K",
+        "pool_pairs": len(pairs.picks), "drawn_for": pairs.assigned,
+    })
+    return manifest
+
+
 def curate(
     detection_dir: str | os.PathLike,
     pool: str | os.PathLike,
@@ -248,60 +385,20 @@ def curate(
     of ``size``, never added to it; only detection output is used, never the
     detection set's ground truth.
     """
-    from eftclip.curation.unlearn import unlearning_pairs
-    from eftclip.data.captions import read_captions
-
     detection_dir, out = Path(detection_dir), Path(out)
     if size < 1:
         raise EftclipError(f"--size must be at least 1, got {size}")
     _check_options(label_by, clip_checkpoint, repair_share, unlearn_share)
     profile, affected, K, vocab = _detection_inputs(detection_dir, vocab, profile)
     weights = label_weights(affected, vocab, unaffected_ratio)
-
-    table = read_captions(pool)
+    table = _read_pool(pool, size)
     records = list(table.records)
-    if not records:
-        raise EftclipError(f"{pool}: the pool holds no usable rows")
-    if size > len(records):
-        raise EftclipError(f"--size {size} is larger than the pool {pool} ({len(records)} items)")
-    if label_by == "caption":
-        item_labels = label_pool_by_caption([r.caption for r in records], list(weights))
-    else:
-        item_labels = label_pool_by_clip(records, list(weights), clip_checkpoint, device=device)
+    item_labels = _label_pool(records, list(weights), label_by, clip_checkpoint, device)
 
-    rng = np.random.default_rng(seed)
-    styled: dict[frozenset, list[str]] = {}
-    for rec, labs in zip(records, item_labels):
-        styled.setdefault(frozenset(labs), []).append(rec.caption)
-    repair = repair_pairs(detection_dir, int(round(repair_share * size)), rng,
-                          pool_captions=styled) if repair_share else []
-    # its own stream: the pool draw is the same whether or not unlearning pairs are asked for
-    unlearn, unlearn_report = unlearning_pairs(detection_dir, int(round(unlearn_share * size)),
-                                               np.random.default_rng([seed, 1]))
-    picks, assigned, report = select(item_labels, weights, size - len(repair) - len(unlearn), rng)
-
-    rows = [{"image": records[i].image, "caption": records[i].caption} for i in picks] + repair + unlearn
-    manifest = {
-        "size": size, "pool": str(pool), "pool_size": len(records), "pool_skipped": len(table.skipped),
-        "pool_unlabelled": sum(1 for labs in item_labels if not labs), "unaffected_ratio": unaffected_ratio,
-        "rule": "affected label: weight = its frequency; unaffected label: weight = R * lowest affected frequency",
-        "profile": profile, "profile_file": PROFILE_FILES[profile], "label_by": label_by, "seed": seed,
-        "affected": sorted(affected), "triggers": K,
-    }
-    manifest.update(_draw_report(report, picks, item_labels, records))
-    manifest.update({
-        "repair_share": repair_share, "repair_pairs": len(repair),
-        "repair_rule": "flagged detection images captioned with the oracle's affected labels (S_i minus K): "
-                       "a pool caption naming exactly those labels, else a template",
-        "unlearn_share": unlearn_share, "unlearn_pairs": len(unlearn), "unlearn": unlearn_report,
-        "unlearn_rule": "flagged detection images captioned with the labels the second look found there, minus K",
-        "pool_pairs": len(picks), "drawn_for": assigned,
-    })
-    config = {"detection_dir": str(detection_dir), "pool": str(pool), "size": size,
-              "unaffected_ratio": unaffected_ratio, "seed": seed, "label_by": label_by, "profile": profile,
-              "repair_share": repair_share, "unlearn_share": unlearn_share,
-              "clip_checkpoint": None if clip_checkpoint is None else str(clip_checkpoint)}
-    return _write_set(out, rows, manifest, config)
+    run = _Curation(detection_dir, pool, size, unaffected_ratio, seed, label_by, profile, repair_share, unlearn_share,
+                    clip_checkpoint)
+    pairs = _draw_pairs(run, records, item_labels, weights)
+    return _write_set(out, pairs.rows(records), _manifest(run, table, item_labels, affected, K, pairs), run.config())
 
 
 def _draw_report(report: dict, picks: list[int], item_labels: Sequence[set[str]], records) -> dict:

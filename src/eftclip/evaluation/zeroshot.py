@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -204,6 +205,125 @@ def _class_keys(classnames: Sequence[str], folders: Sequence[str]) -> list[str]:
     return [name if counts[name] == 1 else f"{name} ({folder})" for name, folder in zip(classnames, folders)]
 
 
+@dataclass(frozen=True)
+class _Predictions:
+    """Per-image zero-shot results over the ``n`` images of an evaluation set, in sample order."""
+
+    true: np.ndarray  # (n,) int64 true class
+    pred: np.ndarray  # (n,) int64 top-1 class of the clean image (-1: all scores NaN)
+    hit1: np.ndarray  # (n,) bool: true class is the top-1
+    hit5: np.ndarray  # (n,) bool: true class among the top-min(5, C)
+    pred_trig: np.ndarray  # (n,) int64 top-1 class of the triggered image; -1: not triggered (none, or target class)
+
+    @classmethod
+    def empty(cls, n: int) -> "_Predictions":
+        """Arrays for ``n`` images, filled batch by batch by :meth:`_Scorer.score`."""
+        return cls(
+            true=np.empty(n, dtype=np.int64),
+            pred=np.empty(n, dtype=np.int64),
+            hit1=np.zeros(n, dtype=bool),
+            hit5=np.zeros(n, dtype=bool),
+            pred_trig=np.full(n, -1, dtype=np.int64),
+        )
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """Classifies batches of :class:`_EvalImages` against the class embeddings."""
+
+    bundle: Any  # the ClipBundle, named in error messages
+    model: torch.nn.Module  # bundle.model on ``device``, in eval mode
+    classifier: torch.Tensor  # (C, D) unit-norm class embeddings
+    k5: int  # min(5, C)
+    device: str | torch.device
+
+    def score(self, batch, preds: _Predictions, pos: int) -> int:
+        """Write a batch's results into ``preds`` from index ``pos`` on; return the batch's size."""
+        clean, triggered, has_trigger, labels = batch
+        b = labels.shape[0]
+        sl = slice(pos, pos + b)
+        feats = _encode(self.model, clean.to(self.device))
+        require_finite(feats, f"{_model_label(self.bundle)}: image features")
+        scores = feats @ self.classifier.T
+        labels_np = labels.numpy()
+        preds.true[sl] = labels_np
+        preds.pred[sl] = predictions(scores)
+        preds.hit1[sl] = topk_hits(scores, labels_np, 1)
+        preds.hit5[sl] = topk_hits(scores, labels_np, self.k5)
+        if has_trigger.any():
+            rows = has_trigger.nonzero().squeeze(1)
+            t_feats = _encode(self.model, triggered[rows].to(self.device))
+            require_finite(t_feats, f"{_model_label(self.bundle)}: image features of triggered images")
+            preds.pred_trig[pos + rows.numpy()] = predictions(t_feats @ self.classifier.T)
+        return b
+
+
+def _check_evaluation(dataset, trigger, target: str | None, batch_size: int) -> tuple[list[str], list[str], int | None]:
+    """``(classnames, class folder names, target class index or None)`` of a valid evaluation request."""
+    classnames = list(dataset.classnames)
+    folders = list(getattr(dataset, "classes", classnames))
+    if trigger is not None and target is None:
+        raise EftclipError("an attack success rate needs the attack's target label (--target)")
+    target_index = resolve_target(target, classnames, folders) if target is not None else None
+    if batch_size < 1:
+        raise EftclipError(f"batch size must be at least 1, not {batch_size}")
+    if len(dataset.samples) == 0:
+        raise EftclipError("the evaluation set holds no images")
+    return classnames, folders, target_index
+
+
+def _predict(bundle, dataset, classnames: list[str], templates, trigger, target_index: int | None, *, seed: int,
+             batch_size: int, device, progress: bool, num_workers: int) -> _Predictions:
+    """Zero-shot results of every image of ``dataset``, clean and (when ``trigger``) triggered."""
+    n = len(dataset.samples)
+    model = _model_on(bundle, device)
+    was_training = model.training
+    model.eval()
+    try:
+        classifier = text_classifier(bundle, classnames, templates, device)
+        scorer = _Scorer(bundle, model, classifier, min(5, len(classnames)), device)
+        preds = _Predictions.empty(n)
+        loader = torch.utils.data.DataLoader(
+            _EvalImages(dataset, bundle.preprocess_val, trigger, target_index, seed),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+        )
+        pos = 0
+        with tqdm(total=n, desc="evaluate", unit="img", file=sys.stderr, disable=not progress) as bar:
+            for batch in loader:
+                b = scorer.score(batch, preds, pos)
+                pos += b
+                bar.update(b)
+    finally:
+        model.train(was_training)
+    return preds
+
+
+def _metrics(preds: _Predictions, classnames: list[str], folders: list[str], target_index: int | None,
+             triggered: bool) -> dict[str, Any]:
+    """The metrics dict :func:`evaluate` returns, from the per-image results."""
+    asr = None
+    n_asr = 0
+    if triggered:
+        n_asr = int((preds.true != target_index).sum())
+        asr = nan_to_none(attack_success_rate(preds.pred_trig, preds.true, target_index))
+    rows = per_class_rates(
+        preds.pred, preds.true, len(classnames),
+        pred_triggered=preds.pred_trig if triggered else None,
+        target_index=target_index if triggered else None,
+    )
+    return {
+        "n": len(preds.true),
+        "ca_top1": float(preds.hit1.mean()),
+        "ca_top5": float(preds.hit5.mean()),
+        "asr": asr,
+        "n_asr": n_asr,
+        "target": classnames[target_index] if target_index is not None else None,
+        "per_class": dict(zip(_class_keys(classnames, folders), rows)),
+    }
+
+
 @torch.no_grad()
 def evaluate(
     bundle,
@@ -241,74 +361,7 @@ def evaluate(
         the target that are classified as the target (``n_asr`` of them);
         ``per_class`` maps each class name to ``{"ca_top1", "asr", "n"}``.
     """
-    classnames = list(dataset.classnames)
-    folders = list(getattr(dataset, "classes", classnames))
-    num_classes = len(classnames)
-    if trigger is not None and target is None:
-        raise EftclipError("an attack success rate needs the attack's target label (--target)")
-    target_index = resolve_target(target, classnames, folders) if target is not None else None
-    if batch_size < 1:
-        raise EftclipError(f"batch size must be at least 1, not {batch_size}")
-    n = len(dataset.samples)
-    if n == 0:
-        raise EftclipError("the evaluation set holds no images")
-
-    model = _model_on(bundle, device)
-    was_training = model.training
-    model.eval()
-    try:
-        classifier = text_classifier(bundle, classnames, templates, device)
-        k5 = min(5, num_classes)
-        true = np.empty(n, dtype=np.int64)
-        pred = np.empty(n, dtype=np.int64)
-        hit1 = np.zeros(n, dtype=bool)
-        hit5 = np.zeros(n, dtype=bool)
-        pred_trig = np.full(n, -1, dtype=np.int64)  # -1: not triggered (no trigger, or target class)
-        loader = torch.utils.data.DataLoader(
-            _EvalImages(dataset, bundle.preprocess_val, trigger, target_index, seed),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-        )
-        pos = 0
-        with tqdm(total=n, desc="evaluate", unit="img", file=sys.stderr, disable=not progress) as bar:
-            for clean, triggered, has_trigger, labels in loader:
-                b = labels.shape[0]
-                sl = slice(pos, pos + b)
-                feats = _encode(model, clean.to(device))
-                require_finite(feats, f"{_model_label(bundle)}: image features")
-                scores = feats @ classifier.T
-                labels_np = labels.numpy()
-                true[sl] = labels_np
-                pred[sl] = predictions(scores)
-                hit1[sl] = topk_hits(scores, labels_np, 1)
-                hit5[sl] = topk_hits(scores, labels_np, k5)
-                if has_trigger.any():
-                    rows = has_trigger.nonzero().squeeze(1)
-                    t_feats = _encode(model, triggered[rows].to(device))
-                    require_finite(t_feats, f"{_model_label(bundle)}: image features of triggered images")
-                    pred_trig[pos + rows.numpy()] = predictions(t_feats @ classifier.T)
-                pos += b
-                bar.update(b)
-    finally:
-        model.train(was_training)
-
-    asr = None
-    n_asr = 0
-    if trigger is not None:
-        n_asr = int((true != target_index).sum())
-        asr = nan_to_none(attack_success_rate(pred_trig, true, target_index))
-    rows = per_class_rates(
-        pred, true, num_classes,
-        pred_triggered=pred_trig if trigger is not None else None,
-        target_index=target_index if trigger is not None else None,
-    )
-    return {
-        "n": n,
-        "ca_top1": float(hit1.mean()),
-        "ca_top5": float(hit5.mean()),
-        "asr": asr,
-        "n_asr": n_asr,
-        "target": classnames[target_index] if target_index is not None else None,
-        "per_class": dict(zip(_class_keys(classnames, folders), rows)),
-    }
+    classnames, folders, target_index = _check_evaluation(dataset, trigger, target, batch_size)
+    preds = _predict(bundle, dataset, classnames, templates, trigger, target_index, seed=seed,
+                     batch_size=batch_size, device=device, progress=progress, num_workers=num_workers)
+    return _metrics(preds, classnames, folders, target_index, triggered=trigger is not None)

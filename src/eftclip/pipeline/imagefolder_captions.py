@@ -37,6 +37,73 @@ def _per_class(n: int, classes: int) -> list[int]:
     return [base + (1 if c < extra else 0) for c in range(classes)]
 
 
+def _check_request(sizes: Mapping[str, int | None], templates: Sequence[str]) -> list[str]:
+    """The names of the splits that take all that remain (at most one); raises on bad sizes or templates."""
+    if not templates or any(t.count("{}") != 1 for t in templates):
+        raise EftclipError("caption templates must each hold exactly one '{}'")
+    rest = [name for name, n in sizes.items() if n is None]
+    if len(rest) > 1:
+        raise EftclipError(f"splits {', '.join(rest)}: only one split may take 'all that remain' (null)")
+    for name, n in sizes.items():
+        if n is not None and (not isinstance(n, int) or n < 0):
+            raise EftclipError(f"split '{name}': size must be a whole number >= 0 or null, got {n!r}")
+    return rest
+
+
+def _draw_order(sizes: Mapping[str, int | None], rest: list[str]) -> list[str]:
+    """Split names in drawing order: :data:`SPLIT_ORDER`, then the others as given, the one taking the rest last."""
+    order = [s for s in SPLIT_ORDER if s in sizes] + [s for s in sizes if s not in SPLIT_ORDER]
+    return [s for s in order if sizes[s] is not None] + rest
+
+
+def _draw_splits(folder, sizes: Mapping[str, int | None], rest: list[str],
+                 rng: np.random.Generator) -> dict[str, list[tuple[str, int]]]:
+    """Split name -> its ``(image path, class index)`` pairs, disjoint and stratified, each list shuffled.
+
+    Draws from ``rng``: one permutation per class, then one per split in drawing order.
+    """
+    n_cls = len(folder.classes)
+    by_class: list[list[str]] = [[] for _ in range(n_cls)]
+    for path, c in folder.samples:
+        by_class[c].append(path)
+    shuffled = [[cls[i] for i in rng.permutation(len(cls))] for cls in by_class]
+    taken = [0] * n_cls
+    chosen: dict[str, list[tuple[str, int]]] = {}
+    for name in _draw_order(sizes, rest):
+        n = sizes[name]
+        if n is None:
+            want = [len(shuffled[c]) - taken[c] for c in range(n_cls)]
+        else:
+            want = _per_class(n, n_cls)
+        picks = []
+        for c in range(n_cls):
+            left = len(shuffled[c]) - taken[c]
+            if want[c] > left:
+                raise EftclipError(
+                    f"{folder.root}: split '{name}' needs {want[c]} images of class '{folder.classes[c]}' "
+                    f"but only {left} remain after the earlier splits; lower the split sizes")
+            picks.extend((p, c) for p in shuffled[c][taken[c]: taken[c] + want[c]])
+            taken[c] += want[c]
+        chosen[name] = [picks[i] for i in rng.permutation(len(picks))]
+    return chosen
+
+
+def _write_split(csv_path: Path, picks: list[tuple[str, int]], folder, templates: Sequence[str],
+                 rng: np.random.Generator) -> dict:
+    """Write one split's caption CSV (columns ``image, caption, label``); return its ``{"csv", "n", "per_class"}``.
+
+    Draws one template index per image from ``rng``.
+    """
+    from eftclip.data.captions import write_captions_csv
+
+    which = rng.integers(0, len(templates), size=len(picks))
+    rows = [{"image": path, "caption": templates[t].format(folder.classnames[c]), "label": folder.classnames[c]}
+            for (path, c), t in zip(picks, which)]
+    write_captions_csv(csv_path, rows, ["image", "caption", "label"])
+    counts = np.bincount([c for _, c in picks], minlength=len(folder.classes)).tolist()
+    return {"csv": str(csv_path), "n": len(picks), "per_class": dict(zip(folder.classnames, counts))}
+
+
 def make_splits(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -65,61 +132,18 @@ def make_splits(
         ``{"root", "seed", "classes", "classnames", "templates", "splits": {name:
         {"csv", "n", "per_class"}}, "classnames_file"}``.
     """
-    from eftclip.data.captions import write_captions_csv
     from eftclip.data.zeroshot import ImageFolderSet
     from eftclip.io import write_json
 
-    if not templates or any(t.count("{}") != 1 for t in templates):
-        raise EftclipError("caption templates must each hold exactly one '{}'")
-    rest = [name for name, n in sizes.items() if n is None]
-    if len(rest) > 1:
-        raise EftclipError(f"splits {', '.join(rest)}: only one split may take 'all that remain' (null)")
-    for name, n in sizes.items():
-        if n is not None and (not isinstance(n, int) or n < 0):
-            raise EftclipError(f"split '{name}': size must be a whole number >= 0 or null, got {n!r}")
-
+    rest = _check_request(sizes, templates)
     folder = ImageFolderSet(root, classnames=classnames)
-    n_cls = len(folder.classes)
-    by_class: list[list[str]] = [[] for _ in range(n_cls)]
-    for path, c in folder.samples:
-        by_class[c].append(path)
-
     rng = np.random.default_rng([seed, 4242])
-    shuffled = [[cls[i] for i in rng.permutation(len(cls))] for cls in by_class]
-    taken = [0] * n_cls
-    order = [s for s in SPLIT_ORDER if s in sizes] + [s for s in sizes if s not in SPLIT_ORDER]
-    order = [s for s in order if sizes[s] is not None] + rest
-    chosen: dict[str, list[tuple[str, int]]] = {}
-    for name in order:
-        n = sizes[name]
-        if n is None:
-            want = [len(shuffled[c]) - taken[c] for c in range(n_cls)]
-        else:
-            want = _per_class(n, n_cls)
-        picks = []
-        for c in range(n_cls):
-            left = len(shuffled[c]) - taken[c]
-            if want[c] > left:
-                raise EftclipError(
-                    f"{folder.root}: split '{name}' needs {want[c]} images of class '{folder.classes[c]}' "
-                    f"but only {left} remain after the earlier splits; lower the split sizes")
-            picks.extend((p, c) for p in shuffled[c][taken[c]: taken[c] + want[c]])
-            taken[c] += want[c]
-        chosen[name] = [picks[i] for i in rng.permutation(len(picks))]
+    chosen = _draw_splits(folder, sizes, rest, rng)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = {}
-    for name in sizes:
-        picks = chosen[name]
-        which = rng.integers(0, len(templates), size=len(picks))
-        rows = [{"image": path, "caption": templates[t].format(folder.classnames[c]), "label": folder.classnames[c]}
-                for (path, c), t in zip(picks, which)]
-        csv_path = out / f"{name}.csv"
-        write_captions_csv(csv_path, rows, ["image", "caption", "label"])
-        counts = np.bincount([c for _, c in picks], minlength=n_cls).tolist()
-        splits[name] = {"csv": str(csv_path), "n": len(picks),
-                        "per_class": dict(zip(folder.classnames, counts))}
+    # written in the order given, each drawing its templates from the same stream in turn
+    splits = {name: _write_split(out / f"{name}.csv", chosen[name], folder, templates, rng) for name in sizes}
     names_file = out / "classnames.json"
     write_json(names_file, list(folder.classnames))
     manifest = {
