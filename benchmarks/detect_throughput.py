@@ -270,6 +270,35 @@ def main(argv=None) -> int:
     scorer = ClipScorer(bundle, VOCAB, TEMPLATES, args.device, max(args.batch_sizes))
     pics, source = load_images(args)
     rows, failed, described = [], {}, {}
+
+    def write_json(done: bool) -> None:
+        # rewritten after every measurement: a run stopped by a time limit keeps what it finished
+        if not args.json:
+            return
+        best = {}
+        for r in rows:
+            if r["backend"] not in best or r["images_per_s"] > best[r["backend"]]["images_per_s"]:
+                best[r["backend"]] = r
+        out = {
+            "benchmark": "detect_throughput",
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "device": args.device, "precision": args.precision, "model": args.model, "tau": args.tau,
+            "theta": args.theta, "images": len(pics), "seconds": args.seconds, "source": source,
+            "finds_per_image_cap": args.finds_per_image, "torch": torch.__version__,
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+            "backends": {name: {"description": described[name], "best_images_per_s": best[name]["images_per_s"],
+                                "best_batch_size": best[name]["batch_size"],
+                                "rows": [r for r in rows if r["backend"] == name]}
+                         for name in described if name in best},
+            "not_measured": failed,
+            "complete": done,
+            "wall_s": time.perf_counter() - t_build,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        tmp_json = Path(args.json).with_suffix(".json.tmp")
+        tmp_json.write_text(json.dumps(out, indent=2) + "\n")
+        tmp_json.replace(args.json)
+
     with tempfile.TemporaryDirectory(prefix="eftclip-detect-bench-") as tmp:
         for name in names:
             try:
@@ -280,39 +309,22 @@ def main(argv=None) -> int:
             wrapped = TopFinds(oracle, args.finds_per_image)
             for bs in args.batch_sizes:
                 rows.append({"backend": name, **measure(pics, bs, scorer, wrapped, args, autocast, sync)})
-    total_s = time.perf_counter() - t_build
+                r = rows[-1]
+                print(f"{name} batch {bs}: {r['images_per_s']:.2f} images/s ({r['images']} images)", flush=True)
+                write_json(False)
 
     print(f"\ndetection step throughput on {args.device} ({args.precision}; CLIP {args.model}, random weights; "
           f"tau={args.tau}; {len(pics)} {source}; at most {args.finds_per_image} finds per image; "
           f"torch threads {torch.get_num_threads()})")
-    print(f"| backend | batch | images | images/s | pass 1 s | pass 2 s | finds/img | raw finds/img |")
-    print(f"| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| backend | batch | images | images/s | pass 1 s | pass 2 s | finds/img | raw finds/img |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {described[r['backend']]} | {r['batch_size']} | {r['images']} | {r['images_per_s']:.2f} | "
-              f"{r['pass1_s']:.2f} | "
-              f"{r['pass2_s']:.3f} | {r['finds_per_image']:.1f} | {r['raw_finds_per_image']:.1f} |")
+              f"{r['pass1_s']:.2f} | {r['pass2_s']:.3f} | {r['finds_per_image']:.1f} | "
+              f"{r['raw_finds_per_image']:.1f} |")
     for name, why in failed.items():
         print(f"{name}: not measured: {why}")
-    if args.json:
-        best = {}
-        for r in rows:
-            if r["backend"] not in best or r["images_per_s"] > best[r["backend"]]["images_per_s"]:
-                best[r["backend"]] = r
-        out = {
-            "benchmark": "detect_throughput",
-            "command": shlex.join([sys.executable, *sys.argv]),
-            "device": args.device, "precision": args.precision, "model": args.model, "tau": args.tau,
-            "theta": args.theta, "images": len(pics), "seconds": args.seconds, "source": source, "finds_per_image_cap": args.finds_per_image,
-            "torch": torch.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
-            "backends": {name: {"description": described[name], "best_images_per_s": best[name]["images_per_s"],
-                                "best_batch_size": best[name]["batch_size"],
-                                "rows": [r for r in rows if r["backend"] == name]}
-                         for name in described if name in best},
-            "not_measured": failed,
-            "wall_s": total_s,
-        }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(True)
     return 0
 
 

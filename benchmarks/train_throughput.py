@@ -214,13 +214,35 @@ def main() -> None:
         p.error(f"--reference open_clip_train: cannot import {', '.join(missing)} (pip install eftclip[bench])")
     use_open_clip_train = args.reference == "open_clip_train" or (args.reference == "auto" and not missing)
 
+    ref_name = "open_clip_train.main" if use_open_clip_train else (
+        "open_clip-style loop" + (f" (open_clip_train cannot import {', '.join(missing)})" if missing else ""))
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    nan = float("nan")
     with tempfile.TemporaryDirectory(prefix="eftclip-bench-") as tmp:
         tmp = Path(tmp)
         size = args.image_size or model_image_size(args.model)
         data = Path(args.data) if args.data else make_data(tmp / "data", args.pairs, size)
         with open(data, newline="") as fh:
             n_pairs = sum(1 for _ in csv.DictReader(fh))
+
+        def write_json(eftclip: dict, reference: dict) -> None:
+            if not args.json:
+                return
+            from importlib import metadata
+
+            result = {
+                "benchmark": "train_throughput",
+                "command": shlex.join([sys.executable, *sys.argv]),
+                "model": args.model, "image_size": size, "pairs": n_pairs, "batch_size": args.batch_size,
+                "epochs": args.epochs, "device": args.device, "precision": args.precision, "threads": args.threads,
+                "workers": args.workers, "torch": metadata.version("torch"), "python": platform.python_version(),
+                "eftclip": eftclip, "reference": reference,
+                "ratio": eftclip["samples_per_s"] / reference["samples_per_s"],
+                "complete": reference["samples_per_s"] == reference["samples_per_s"],  # not NaN: both sides ran
+            }
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
         common = ["--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--lr", str(args.lr),
                   "--warmup", str(args.warmup), "--workers", str(args.workers)]
         wall_e, mem_e, _ = run_measured(
@@ -231,9 +253,12 @@ def main() -> None:
         )
         with open(tmp / "eftclip" / "summary.csv", newline="") as fh:
             rates_e = [float(r["samples_per_s"]) for r in csv.DictReader(fh)]
+        steady_e = _steady(rates_e)
+        eftclip = {"samples_per_s": steady_e, "epoch_rates": rates_e, "wall_s": wall_e, "peak_rss_mib": mem_e}
+        # written now so that a time limit reached by the reference still leaves eftclip's figure
+        write_json(eftclip, {"name": ref_name, "samples_per_s": nan})
 
         if use_open_clip_train:
-            ref_name = "open_clip_train.main"
             # eftclip.models is imported first so that open_clip knows the project's tiny configs
             launcher = "import sys, eftclip.models; from open_clip_train.main import main; main(sys.argv[1:])"
             wall_r, mem_r, _ = run_measured(
@@ -247,8 +272,6 @@ def main() -> None:
             )
             rates_r, steady_r = _open_clip_rates(_open_clip_steps(tmp / "oc" / "bench"), args.epochs)
         else:
-            ref_name = "open_clip-style loop" + (f" (open_clip_train cannot import {', '.join(missing)})"
-                                                  if missing else "")
             wall_r, mem_r, out = run_measured(
                 [sys.executable, str(HERE), "--_baseline", "--data", str(data), "--model", args.model,
                  "--threads", str(args.threads), "--device", args.device, "--precision", args.precision, *common],
@@ -256,33 +279,18 @@ def main() -> None:
             )
             steps_r = json.loads(out.strip().splitlines()[-1])["steps"]
             rates_r, steady_r = _open_clip_rates(steps_r, args.epochs)
+        write_json(eftclip, {"name": ref_name, "samples_per_s": steady_r, "epoch_rates": rates_r, "wall_s": wall_r,
+                             "peak_rss_mib": mem_r})
 
-    steady_e = _steady(rates_e)
     ratio = steady_e / steady_r
     print(f"model {args.model} at {size} px, {n_pairs} pairs, batch {args.batch_size}, {args.epochs} epochs, "
           f"{args.device} {args.precision}, {args.threads} thread(s), {args.workers} workers")
-    print(f"| trainer | samples/s (steady) | wall s | peak RSS MiB |")
-    print(f"| --- | --- | --- | --- |")
+    print("| trainer | samples/s (steady) | wall s | peak RSS MiB |")
+    print("| --- | --- | --- | --- |")
     print(f"| eftclip train | {steady_e:.1f} | {wall_e:.1f} | {mem_e:.0f} |")
     print(f"| {ref_name} | {steady_r:.1f} | {wall_r:.1f} | {mem_r:.0f} |")
     print(f"throughput ratio eftclip/reference: {ratio:.2f} (goal on a GPU: >= 1.2); "
           f"peak memory ratio: {mem_e / mem_r:.2f}")
-    if args.json:
-        from importlib import metadata
-
-        result = {
-            "benchmark": "train_throughput",
-            "command": shlex.join([sys.executable, *sys.argv]),
-            "model": args.model, "image_size": size, "pairs": n_pairs, "batch_size": args.batch_size,
-            "epochs": args.epochs, "device": args.device, "precision": args.precision, "threads": args.threads,
-            "workers": args.workers, "torch": metadata.version("torch"), "python": platform.python_version(),
-            "eftclip": {"samples_per_s": steady_e, "epoch_rates": rates_e, "wall_s": wall_e, "peak_rss_mib": mem_e},
-            "reference": {"name": ref_name, "samples_per_s": steady_r, "epoch_rates": rates_r, "wall_s": wall_r,
-                          "peak_rss_mib": mem_r},
-            "ratio": ratio,
-        }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _steady(rates: list[float]) -> float:
