@@ -219,7 +219,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="torch device for CLIP and the oracles: cpu | cuda | cuda:N")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    ap.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, of: {', '.join(BACKENDS)}")
+    ap.add_argument("--backends", default=None,
+                    help=f"comma-separated, of: {', '.join(BACKENDS)} (default: fastsam,owlv2 on a GPU; "
+                         f"on a CPU reference,reference-clip,onnx-detector, as FastSAM-s and OWLv2-base take seconds "
+                         f"an image there)")
     ap.add_argument("--batch-sizes", default="1,32", help="comma-separated images per batch (default 1,32)")
     ap.add_argument("--images", type=int, default=32, help="images per measurement, or the pool --seconds cycles (32)")
     ap.add_argument("--seconds", type=float, default=None,
@@ -238,6 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if args.backends is None:
+        args.backends = "fastsam,owlv2" if args.device.startswith("cuda") else "reference,reference-clip,onnx-detector"
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
     for name in names:
         if name not in BACKENDS:
