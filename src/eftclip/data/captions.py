@@ -57,6 +57,7 @@ from eftclip.data.images import (
 from eftclip.data.shards import is_shard_spec, resolve_shards, scan_tar
 from eftclip.errors import EftclipError
 from eftclip.io import atomic_open
+from eftclip.progress import bars_enabled
 
 __all__ = [
     "FORMATS",
@@ -313,7 +314,7 @@ def _finish(pending: list[_Pending], source: str, on_error: str, check_images: b
     skipped: list[SkippedRow] = []
     verdicts: dict[str, str | None] = {}  # image ref -> None (fine) or reason; shared by repeats
     to_check = sum(1 for p in pending if p.record is not None) if check_images else 0
-    bar = tqdm(total=to_check, desc="checking images", unit="img", mininterval=1.0, disable=to_check < _PROGRESS_MIN)
+    bar = tqdm(total=to_check, desc="checking images", unit="img", mininterval=1.0, disable=to_check < _PROGRESS_MIN or not bars_enabled())
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(pending), _CHECK_CHUNK):
@@ -373,7 +374,7 @@ def _read_webdataset(spec, image_key, caption_key, on_error, check_images) -> Ca
     records: list[CaptionRecord] = []
     skipped: list[SkippedRow] = []
     n_samples = 0
-    for shard in tqdm(shards, desc="reading shards", unit="shard", disable=len(shards) < 4):
+    for shard in tqdm(shards, desc="reading shards", unit="shard", disable=len(shards) < 4 or not bars_enabled()):
         source = str(shard)
         for sample in scan_tar(shard, read_exts, image_exts):
             n_samples += 1

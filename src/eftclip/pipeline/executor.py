@@ -104,12 +104,14 @@ def run_task(task: str, folder: str, params: dict, inputs: dict, speed: dict, en
     """Call task ``task`` in ``folder``; return its (plain JSON) result and its seconds."""
     from eftclip.io import plain_json
     from eftclip.pipeline.tasks import TASKS
+    from eftclip.progress import progress_bars
 
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
     write_json(path / "inputs.json", {"task": task, "params": params})
     t0 = time.perf_counter()
-    result = TASKS[task](path, params, inputs, {**env, **speed})
+    with progress_bars(env.get("progress", True)):
+        result = TASKS[task](path, params, inputs, {**env, **speed})
     return plain_json(result), time.perf_counter() - t0
 
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from eftclip.errors import EftclipError
 from eftclip.io import atomic_path, write_json
+from eftclip.progress import bars_enabled
 
 FORMAT = "eftclip-region-classifier-1"
 
@@ -201,7 +202,8 @@ def _fit(net: RegionNet, xtr: torch.Tensor, ytr: torch.Tensor, config: RegionCla
         return seconds is not None and time.perf_counter() - start >= seconds
 
     net.train()
-    with tqdm(total=total, desc="region classifier", file=sys.stderr, leave=False, mininterval=1.0) as bar:
+    with tqdm(total=total, desc="region classifier", file=sys.stderr, leave=False, mininterval=1.0,
+              disable=not bars_enabled()) as bar:
         for _ in range(epochs):
             order = torch.randperm(len(ytr), generator=gen)
             for b in range(steps_per_epoch):

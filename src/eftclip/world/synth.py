@@ -36,6 +36,7 @@ from tqdm import tqdm
 from eftclip.errors import EftclipError
 from eftclip.guards import check_owned
 from eftclip.io import dumps
+from eftclip.progress import bars_enabled
 from eftclip.world.captions import caption_for
 from eftclip.world.categories import DEFAULT_CATEGORIES, SHAPES
 from eftclip.world.regions import box_iou
@@ -135,7 +136,7 @@ def _write_scenes(root: Path, name: str, n: int, categories, size: WorldSize, im
     folder = root / name
     rows, metas = [], []
     width = max(6, len(str(n)))
-    for i in tqdm(range(n), desc=desc, file=sys.stderr, leave=False, mininterval=1.0):
+    for i in tqdm(range(n), desc=desc, file=sys.stderr, leave=False, mininterval=1.0, disable=not bars_enabled()):
         scene = render_scene(_draw_categories(categories, size.objects_p, rng), image_size, rng)
         rel = f"images/{i:0{width}d}.png"
         _save_png(folder / rel, scene.image)
@@ -170,7 +171,8 @@ def _write_reference(root: Path, categories, size: WorldSize, image_size: int, r
     counts = {c: 0 for c in categories}
     n_target = size.reference_per_class
     meta = []
-    pbar = tqdm(total=n_target * len(categories), desc="reference", file=sys.stderr, leave=False, mininterval=1.0)
+    pbar = tqdm(total=n_target * len(categories), desc="reference", file=sys.stderr, leave=False, mininterval=1.0,
+                disable=not bars_enabled())
     while min(counts.values()) < n_target:
         scene = render_scene(_draw_categories(categories, size.objects_p, rng), image_size, rng)
         for o in scene.objects:
@@ -211,7 +213,7 @@ def _write_reference(root: Path, categories, size: WorldSize, image_size: int, r
 
 
 def _write_eval(root: Path, categories, size: WorldSize, image_size: int, rng) -> None:
-    for cat in tqdm(categories, desc="eval", file=sys.stderr, leave=False):
+    for cat in tqdm(categories, desc="eval", file=sys.stderr, leave=False, disable=not bars_enabled()):
         for i in range(size.eval_per_class):
             scene = render_scene([cat], image_size, rng)
             _save_png(root / "eval" / cat / f"{i:05d}.png", scene.image)
