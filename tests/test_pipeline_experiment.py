@@ -73,6 +73,9 @@ def test_matrix_of_two_attacks_and_two_seeds_end_to_end(tmp_path, capsys):
     for name in ("report.md", "metrics.json", "tables/summary.csv", "tables/paired.md", "figures/matrix.png",
                  "cells/s0-badnet/report.md", "cells/s1-blended/figures/ca_asr.png"):
         assert (tmp_path / "matrix" / name).exists(), name
+    # EDA's text views read the shipped synonym table, whatever this machine has installed
+    summaries = [json.loads(f.read_text())["result"]["summary"] for f in (tmp_path / "matrix" / "cache").glob("finetune-*/stage.json")]
+    assert {s["eda_synonyms"] for s in summaries} == {"table", None}  # None: the clip objective has no EDA
     # one clean model per seed, shared by both attacks
     plan = run_experiment(cfg, plan_only=True)["plan"]
     assert sum(1 for s in plan if s["id"].endswith("train_clean")) == 2
@@ -217,3 +220,11 @@ def test_a_bad_config_file_is_named_in_the_error_and_nothing_is_written(tmp_path
     assert main(["study", "--config", str(bad), "--out", str(tmp_path / "out")]) == 2
     assert f"{bad}: defenses: a: unknown set 'magic'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_recipe_key_fields_leave_out_only_the_legacy_synonym_table():
+    from eftclip.pipeline.recipes import FinetuneRecipe, key_fields
+
+    table, wordnet = FinetuneRecipe(), FinetuneRecipe(eda_synonyms="wordnet")
+    assert "eda_synonyms" not in key_fields(table) and key_fields(wordnet)["eda_synonyms"] == "wordnet"
+    assert "workers" not in key_fields(table) and key_fields(table)["lr"] == table.lr

@@ -146,3 +146,24 @@ def test_dataset_applies_augmentations_to_the_right_items(tmp_path):
     roclip = PairDataset(pairs, image_size=32, mode="roclip", seed=0, cache=False, eda=eda, progress=False)
     item = roclip[(0, 0)]
     assert set(item) == {"image", "text"} and not torch.equal(item["image"], clean.cache[0])
+
+
+def test_synonym_source_by_name():
+    import eftclip.training.augment as augment
+    from eftclip.errors import EftclipError
+    from eftclip.training import FinetuneConfig
+
+    assert isinstance(augment.synonym_source("table"), augment.TableSynonyms)
+    with pytest.raises(EftclipError, match="--eda-synonyms must be one of auto, wordnet, table"):
+        FinetuneConfig(checkpoint="x.safetensors", data="d.csv", eda_synonyms="thesaurus").validate()
+
+
+def test_wordnet_synonyms_when_missing_name_the_extra(monkeypatch):
+    import eftclip.training.augment as augment
+    from eftclip.errors import EftclipError
+
+    monkeypatch.setattr(augment, "_wordnet_or_none", lambda: None)
+    with pytest.raises(EftclipError, match="'wordnet' extra"):
+        augment.synonym_source("wordnet")
+    with pytest.warns(UserWarning, match="shipped synonym table"):
+        assert isinstance(augment.synonym_source("auto"), augment.TableSynonyms)

@@ -21,7 +21,7 @@ from eftclip.detection.trigger_recovery import DEFAULT_METHOD
 from eftclip.errors import EftclipError
 from eftclip.pipeline.experiment import ExperimentConfig
 from eftclip.pipeline.plan import Node, Plan
-from eftclip.pipeline.recipes import DEFAULT_DEFENSES, SPEED_ONLY, FinetuneRecipe
+from eftclip.pipeline.recipes import DEFAULT_DEFENSES, FinetuneRecipe, key_fields
 
 # the repair is the pipeline's "eftclip" defense: its set builder's options and its recipe
 EFTCLIP_DEFENSE = next(d for d in DEFAULT_DEFENSES if d.name == "eftclip")
@@ -132,7 +132,7 @@ def repair_plan(plan: Plan, r: Resolved, target: str) -> dict[str, str]:
             needs={"set": ids["curate"], "recovered": ids["recover"]},
             label=f"stamp the recovered trigger on {spec.stamp_share:.0%} of the pairs"))
     recipe = repair_recipe(c)
-    numbers = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in SPEED_ONLY}
+    numbers = key_fields(recipe)
     train_args = {**({"model": r.arch} if r.arch else {}),
                   **({"anchor_weight": spec.anchor_weight} if spec.anchor_weight else {})}
     ids["repair"] = plan.add(Node(

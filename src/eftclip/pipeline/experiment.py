@@ -21,6 +21,7 @@ from eftclip.pipeline.plan import Node, Plan
 from eftclip.pipeline.recipes import (
     DEFAULT_DEFENSES,
     SPEED_ONLY,
+    key_fields,
     AttackSpec,
     DetectRecipe,
     FinetuneRecipe,
@@ -101,7 +102,7 @@ class _CellPlan:
 
 
 def _numbers(recipe: Any) -> dict:
-    return {k: v for k, v in dataclasses.asdict(recipe).items() if k not in SPEED_ONLY}
+    return key_fields(recipe)
 
 
 def _speed(recipe: Any) -> dict:

@@ -10,12 +10,23 @@ so each is written once.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from eftclip.detection.runner import DetectConfig
 
 # recipe fields that change speed, not the numbers: left out of the stage cache keys
 SPEED_ONLY = frozenset({"workers", "cache_images", "cpu_threads"})
+# fields added after stages were cached: left out of the key at these values, so that the stages made with
+# that value stay valid, and any other value gets stages of its own
+KEYED_UNLESS = {"eda_synonyms": "table"}
+
+
+def key_fields(recipe: Any) -> dict:
+    """The recipe's fields that its stages' numbers depend on: its share of their cache keys."""
+    return {k: v for k, v in dataclasses.asdict(recipe).items()
+            if k not in SPEED_ONLY and not (k in KEYED_UNLESS and v == KEYED_UNLESS[k])}
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class FinetuneRecipe:
     lr: float = 2e-3  # peak learning rate; tiny models trained from scratch need far more than the paper's 1e-5
     warmup: int = 10  # warm-up steps
     objective: str = "cleanclip"  # training objective (eftclip.training objectives)
+    eda_synonyms: str = "table"  # EDA's synonyms: the shipped table gives the same numbers on every machine (wordnet: WordNet through NLTK)
     precision: str = "auto"  # as in PretrainRecipe
     workers: int = 0  # as in PretrainRecipe
     cache_images: bool | None = None  # as in PretrainRecipe

@@ -161,7 +161,7 @@ def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *,
     from eftclip.training import FinetuneConfig, finetune as run_finetune
 
     out = ctx.out / "defenses" / name
-    args = {"objective": recipe.objective, **(train_args or {})}
+    args = {"objective": recipe.objective, "eda_synonyms": recipe.eda_synonyms, **(train_args or {})}
     cfg = FinetuneConfig(
         checkpoint=checkpoint, data=csv, out=str(out), subset=subset,
         subset_seed=ctx.seed, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,

@@ -29,6 +29,8 @@ from typing import Protocol
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+
+from eftclip.errors import EftclipError
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy, InterpolationMode
 from torchvision.transforms.autoaugment import _apply_op
 
@@ -191,6 +193,27 @@ def _wordnet_or_none() -> WordNetSynonyms | None:
         return WordNetSynonyms()
     except (ImportError, LookupError, OSError):
         return None
+
+
+#: the names ``synonym_source`` takes
+SYNONYM_SOURCES = ("auto", "wordnet", "table")
+
+
+def synonym_source(name: str = "auto") -> SynonymSource:
+    """EDA's synonyms by name: ``auto`` (:func:`default_synonyms`), ``wordnet`` or ``table`` (the shipped one).
+
+    Raises:
+        EftclipError: ``wordnet`` where NLTK or the WordNet data are missing (the message names the extra).
+    """
+    if name == "table":
+        return TableSynonyms()
+    if name == "wordnet":
+        source = _wordnet_or_none()
+        if source is None:
+            raise EftclipError("eda_synonyms 'wordnet': NLTK or the WordNet data are missing (install the 'wordnet' "
+                               "extra and Debian's wordnet-base + wordnet-sense-index), or use 'table'")
+        return source
+    return default_synonyms()
 
 
 def default_synonyms() -> SynonymSource:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eftclip.errors import EftclipError
+from eftclip.training.augment import SYNONYM_SOURCES
 
 # fields that do not change the numbers a run produces: they may differ on --resume
 RESUME_NEUTRAL = frozenset(
@@ -39,6 +40,7 @@ class DataSettings:
     cache_images: bool | None = None  # decode images once into memory (uint8 at model size); None = when under cache_max_mb
     cache_max_mb: int = 2048  # cache_images=None caches when N x 3 x S x S bytes fit in this many MiB
     workers: int = 0  # DataLoader workers when images are not cached
+    eda_synonyms: str = "auto"  # EDA's synonyms (CleanCLIP, RoCLIP text views): auto (WordNet when installed, else the shipped table), wordnet or table
     records: Any = field(default=None, compare=False, repr=False)  # in-memory records instead of `data`
 
     def subset_pick(self) -> tuple[int, int] | None:
@@ -48,6 +50,8 @@ class DataSettings:
     def _check_data(self) -> None:
         if self.on_error not in ("fail", "skip"):
             raise EftclipError(f"--on-error must be fail or skip, not '{self.on_error}'")
+        if self.eda_synonyms not in SYNONYM_SOURCES:
+            raise EftclipError(f"--eda-synonyms must be one of {', '.join(SYNONYM_SOURCES)}, not '{self.eda_synonyms}'")
         if self.data is None and self.records is None:
             raise EftclipError("--data is required (a caption CSV/TSV/webdataset)")
 

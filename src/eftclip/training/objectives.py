@@ -27,7 +27,7 @@ from typing import Any, Callable, Protocol
 import torch
 from open_clip.loss import ClipLoss
 
-from eftclip.training.augment import EDA, default_synonyms
+from eftclip.training.augment import EDA, synonym_source
 from eftclip.training.losses import CleanClipLoss, ContrastiveLoss
 from eftclip.training.roclip import CaptionPool, RoClipLoss, is_matching_epoch
 
@@ -169,7 +169,7 @@ class CleanClip(BaseObjective):
 @register_objective("cleanclip")
 def _cleanclip(cfg: Any, ctx: ObjectiveContext) -> Objective:
     return CleanClip(ctx.clip_loss, clip_weight=cfg.clip_weight, inmodal_weight=cfg.inmodal_weight,
-                     eda=EDA(default_synonyms(), alpha=cfg.eda_alpha))
+                     eda=EDA(synonym_source(cfg.eda_synonyms), alpha=cfg.eda_alpha))
 
 
 class RoClip(BaseObjective):
@@ -178,11 +178,11 @@ class RoClip(BaseObjective):
     Terms: ``contrastive`` (weighted), ``matched_own`` (logged: share of images whose nearest caption was their own).
     """
 
-    def __init__(self, clip_loss: ClipLoss, *, pool_size: int, period: int, augment: bool):
+    def __init__(self, clip_loss: ClipLoss, *, pool_size: int, period: int, augment: bool, synonyms: str = "auto"):
         self.pool = CaptionPool(pool_size)
         self.loss = RoClipLoss(clip_loss, self.pool)
         self.period = period
-        self.views = Views("roclip", eda=EDA(default_synonyms()) if augment else None, augment=augment)
+        self.views = Views("roclip", eda=EDA(synonym_source(synonyms)) if augment else None, augment=augment)
         self.weights = {"contrastive": 1.0}
 
     def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -206,7 +206,7 @@ class RoClip(BaseObjective):
 @register_objective("roclip")
 def _roclip(cfg: Any, ctx: ObjectiveContext) -> Objective:
     return RoClip(ctx.clip_loss, pool_size=cfg.roclip_pool_size, period=cfg.roclip_period,
-                  augment=cfg.roclip_augment)
+                  augment=cfg.roclip_augment, synonyms=cfg.eda_synonyms)
 
 
 class CleanFeatureAnchor(BaseObjective):
