@@ -57,7 +57,7 @@ def _check_previous(out: Path, previous: dict, *, kind: str, config: dict, resum
     if previous.get("config") != config and not resume:
         diff = sorted(_diff_keys(previous.get("config", {}), config))
         raise EftclipError(
-            f"{out}: holds a {kind} run with another configuration "
+            f"{out}: holds an eftclip {kind} run with another configuration "
             f"(differs in: {', '.join(diff[:8])}); pass --resume to continue it with the "
             "new settings (finished stages are kept) or --force to start over")
 
