@@ -13,6 +13,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device: auto, cpu, cuda (default: the config's)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes for independent stages (default: the config's; 1 = one after another)")
+    p.add_argument("--train-procs", type=int, default=None, metavar="N",
+                   help="processes per pre-training / fine-tuning stage: N > 1 runs each as one torchrun job "
+                        "(one process per GPU), the recipe's batch split over them (default: the config's, 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--plan", action="store_true",
                    help="print each stage with its inputs and cache folder as JSON lines, and run nothing")
@@ -25,7 +28,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 def run_flags(args: argparse.Namespace) -> dict:
     return {"out": args.out, "cache": args.cache, "device": args.device, "workers": args.workers,
-            "progress": False if args.no_progress else None}
+            "train_procs": args.train_procs, "progress": False if args.no_progress else None}
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

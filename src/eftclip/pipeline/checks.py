@@ -71,7 +71,7 @@ def _check_ranges(cfg: Any) -> None:
             raise EftclipError(f"seeds: each seed must be a whole number >= 0, got {seed!r}")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise EftclipError(f"seeds: each seed may appear once (got {list(cfg.seeds)})")
-    for name in ("workers", "budget"):
+    for name in ("workers", "train_procs", "budget"):
         _positive(name, getattr(cfg, name))
     for recipe in ("pretrain", "finetune"):
         for name in ("epochs", "batch_size"):
@@ -79,6 +79,11 @@ def _check_ranges(cfg: Any) -> None:
         lr = getattr(cfg, recipe).lr
         if not 0 < lr < 10:
             raise EftclipError(f"{recipe}.lr must be in (0, 10), got {lr}")
+        batch = getattr(cfg, recipe).batch_size
+        if cfg.train_procs > 1 and batch % cfg.train_procs:
+            # each of the torchrun ranks takes an equal share of the global batch
+            raise EftclipError(f"{recipe}.batch_size {batch} does not split evenly over train_procs "
+                               f"{cfg.train_procs} processes")
     d = cfg.detect
     _positive("detect.scenes", d.scenes)
     _positive("detect.tau", d.tau)

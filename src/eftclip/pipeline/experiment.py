@@ -53,6 +53,7 @@ class ExperimentConfig:
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int | None = 1  # torch threads per stage on CPU: one per process is fastest on 2 shared cores
     workers: int = 2  # processes for independent stages (1 = one after another, here)
+    train_procs: int = 1  # processes per training stage (torchrun --nproc_per_node); >1 runs each pretrain/finetune as one torchrun job (one per GPU), the recipe's batch_size split across them
     progress: bool = True  # progress bars on stderr
     eval_workers: int = 0  # DataLoader workers that load and trigger evaluation images (GPU runs)
     eval_batch_size: int = 256  # evaluation batch
@@ -273,13 +274,15 @@ def _run(cfg: ExperimentConfig, plan: Plan, cells: list[Cell], out: Path, *, res
     from eftclip.pipeline.machine import machine_info
 
     # settings that change how a run goes, not its numbers, may differ when a run is continued
-    run_only = ("out", "cache", "device", "workers", "progress", "cpu_threads", "eval_workers", "eval_batch_size")
+    run_only = ("out", "cache", "device", "workers", "train_procs", "progress", "cpu_threads", "eval_workers",
+                "eval_batch_size")
     claim_folder(out, kind="experiment", config={k: v for k, v in to_dict(cfg).items() if k not in run_only},
                  resume=resume, force=force)
     write_config(out / "config.yaml", cfg)
     machine = machine_info()
     t0 = time.perf_counter()
-    env = {"device": _device(cfg.device), "progress": cfg.progress}
+    # train_procs rides in env, never in a stage's params: 1 or N processes train the same numbers
+    env = {"device": _device(cfg.device), "progress": cfg.progress, "train_procs": cfg.train_procs}
     before = {nid for nid in plan.nodes if plan.done(nid)}
     try:
         results = execute(plan, env=env, workers=cfg.workers, threads=cfg.cpu_threads, stream=stream)

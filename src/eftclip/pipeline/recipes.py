@@ -35,7 +35,7 @@ class PretrainRecipe:
 
     model: str = "eftclip-world-rn"  # open_clip architecture (project tiny configs included)
     epochs: int = 30  # passes over the pairs
-    batch_size: int = 128  # contrastive batch per process
+    batch_size: int = 128  # contrastive batch of one step (with train_procs > 1 split over the processes)
     lr: float = 5e-3  # peak learning rate (cosine schedule)
     warmup: int = 500  # warm-up steps; a short warm-up can leave a clean model on the early loss plateau
     weight_decay: float = 0.1  # AdamW decay

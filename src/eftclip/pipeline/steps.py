@@ -9,6 +9,7 @@ resumes from its last checkpoint, detection from its last written image.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ class Context:
     eval_dir: str | None = None  # zero-shot ImageFolder; defaults to world["eval"]
     classnames: str | None = None  # class names spec for the eval folder; defaults to world["classnames"]
     progress: bool = True  # show progress bars
+    train_procs: int = 1  # processes per training run: > 1 = one torchrun job (see eftclip.pipeline.torchrun)
 
     def eval_spec(self) -> tuple[str, str]:
         return (self.eval_dir or str(self.world["eval"]), self.classnames or str(self.world["classnames"]))
@@ -136,9 +138,30 @@ def _device(ctx: Context) -> str:
     return ctx.device
 
 
+def _train(ctx: Context, cfg: Any, verb: str) -> dict:
+    """Run ``cfg`` (``verb``: ``train`` or ``finetune``; ``cfg.batch_size`` is the global batch) here, or as
+    one torchrun job of ``ctx.train_procs`` processes; either way return the run's summary."""
+    import sys
+
+    from eftclip.pipeline.torchrun import check_resume_split, train_with_torchrun
+
+    # RoCLIP's caption pool is per process: split over ranks it would match other captions
+    procs = 1 if getattr(cfg, "defense", "none") == "roclip" else ctx.train_procs
+    check_resume_split(cfg, procs)
+    if procs == 1:
+        from eftclip.training import finetune as run_finetune, train
+
+        return (train if verb == "train" else run_finetune)(cfg)
+    if cfg.cpu_threads is None:  # each rank keeps the stage's torch threads (the executor's setting)
+        import torch
+
+        cfg = dataclasses.replace(cfg, cpu_threads=torch.get_num_threads())
+    return train_with_torchrun(cfg, verb, procs, ctx.out, echo=sys.stderr if ctx.progress else None)
+
+
 def pretrain(ctx: Context, name: str, csv: str, recipe: Any, *, train_args: dict | None = None) -> dict:
     """``train_args``: further :class:`TrainConfig` fields (workers, cache_images, defense, ...)."""
-    from eftclip.training import TrainConfig, train
+    from eftclip.training import TrainConfig
 
     out = ctx.out / "models" / name
     cfg = TrainConfig(
@@ -149,7 +172,7 @@ def pretrain(ctx: Context, name: str, csv: str, recipe: Any, *, train_args: dict
         resume=(out / "config.yaml").exists(), **(train_args or {}),
     )
     t0 = time.perf_counter()
-    summary = train(cfg)
+    summary = _train(ctx, cfg, "train")
     return {"checkpoint": str(out / "final.safetensors"), "seconds": time.perf_counter() - t0,
             "summary": _jsonable(summary)}
 
@@ -158,7 +181,7 @@ def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *,
              train_args: dict | None = None) -> dict:
     """``recipe``: a FinetuneRecipe; ``train_args``: further :class:`FinetuneConfig` fields
     (objective, anchor_weight, workers, cache_images, ...)."""
-    from eftclip.training import FinetuneConfig, finetune as run_finetune
+    from eftclip.training import FinetuneConfig
 
     out = ctx.out / "defenses" / name
     args = {"objective": recipe.objective, "eda_synonyms": recipe.eda_synonyms, **(train_args or {})}
@@ -169,7 +192,7 @@ def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *,
         resume=(out / "config.yaml").exists(), **args,
     )
     t0 = time.perf_counter()
-    summary = run_finetune(cfg)
+    summary = _train(ctx, cfg, "finetune")
     if subset is None:
         from eftclip.data.captions import read_captions
 

@@ -25,7 +25,8 @@ def task(fn: Callable) -> Callable:
 def _context(folder: Path, params: dict, env: dict, splits: dict | None = None) -> steps.Context:
     return steps.Context(out=folder, seed=int(params.get("seed", 0)), device=env.get("device", "cpu"),
                          templates=list(params.get("templates", [])), target=params.get("target", ""),
-                         world=dict(splits or {}), progress=env.get("progress", True))
+                         world=dict(splits or {}), progress=env.get("progress", True),
+                         train_procs=int(env.get("train_procs", 1)))
 
 
 def _source(params: dict):
