@@ -89,10 +89,15 @@ def test_resuming_with_another_split_names_the_setting(tmp_path):
         torchrun.check_resume_split(cfg, 1)
 
 
-def test_train_procs_is_a_speed_setting(tmp_path):
-    one = run_experiment(_cfg(tmp_path, "a"), plan_only=True)["plan"]
-    two = run_experiment(_cfg(tmp_path, "a", train_procs=2), plan_only=True)["plan"]
-    assert [s["key"] for s in one] == [s["key"] for s in two]
+def test_train_procs_keys_the_training_stages_apart(tmp_path):
+    one = {s["id"]: s for s in run_experiment(_cfg(tmp_path, "a"), plan_only=True)["plan"]}
+    two = {s["id"]: s for s in run_experiment(_cfg(tmp_path, "a", train_procs=2), plan_only=True)["plan"]}
+    # N processes give close, not equal, numbers (BatchNorm per rank): the training stages, and what reads
+    # them, are cached apart; the data, the oracle and the poisoning are shared
+    for sid in ("s0/train_clean", "s0/badnet/train_poisoned", "s0/badnet/finetune_cleanclip"):
+        assert one[sid]["key"] != two[sid]["key"] and two[sid]["params"]["procs"] == 2 and "procs" not in one[sid]["params"]
+    for sid in ("s0/data", "s0/oracle", "s0/badnet/trigger", "s0/badnet/poison"):
+        assert one[sid]["key"] == two[sid]["key"]
     with pytest.raises(EftclipError, match=r"finetune.batch_size 8 does not split evenly over train_procs 3"):
         run_experiment(_cfg(tmp_path, "b", train_procs=3, pretrain={**TINY["pretrain"], "batch_size": 33 * 3}),
                        plan_only=True)

@@ -106,6 +106,12 @@ def _numbers(recipe: Any) -> dict:
     return key_fields(recipe)
 
 
+def _procs(cfg: ExperimentConfig) -> dict:
+    """A training stage's share of the key from ``train_procs``: N processes give close, not equal, numbers
+    (BatchNorm normalises over each rank's share of the batch), so N > 1 is cached apart; 1 adds nothing."""
+    return {"procs": cfg.train_procs} if cfg.train_procs > 1 else {}
+
+
 def _speed(recipe: Any) -> dict:
     return {k: v for k, v in dataclasses.asdict(recipe).items() if k in SPEED_ONLY and v is not None}
 
@@ -133,7 +139,8 @@ def _seed_stages(plan: Plan, cfg: ExperimentConfig, src: dict, seed: int) -> dic
     data = plan.add(Node(id=f"s{seed}/data", kind="data", task="prepare_data", params={"source": src, "seed": seed},
                          label="make the data splits"))
     clean = plan.add(Node(id=f"s{seed}/train_clean", kind="pretrain", task="pretrain",
-                          params={"recipe": _numbers(cfg.pretrain), "seed": seed, "name": "clean", "csv": "train_csv"},
+                          params={"recipe": _numbers(cfg.pretrain), "seed": seed, "name": "clean", "csv": "train_csv",
+                                  **_procs(cfg)},
                           needs={"data": data}, speed=_speed(cfg.pretrain), label="pre-train the clean CLIP"))
     oracle = plan.add(Node(id=f"s{seed}/oracle", kind="oracle", task="train_oracle",
                            params={"source": src, "seed": seed}, needs={"data": data},
@@ -159,7 +166,7 @@ def _cell_stages(plan: Plan, cfg: ExperimentConfig, src: dict, source: Any, temp
                                   label=f"poison {rate:.1%} of the training pairs"))
     ids["poisoned"] = plan.add(Node(id=f"{p}/train_poisoned", kind="pretrain", task="pretrain",
                                     params={"recipe": _numbers(cfg.pretrain), "seed": seed, "name": "poisoned",
-                                            "csv": "csv"},
+                                            "csv": "csv", **_procs(cfg)},
                                     needs={"data": ids["poison"]}, speed=_speed(cfg.pretrain),
                                     label="pre-train the poisoned CLIP"))
     _detection_stages(plan, cfg, src, templates, cell,
@@ -209,7 +216,8 @@ def _defense_stages(plan: Plan, cfg: ExperimentConfig, src: dict, cell: Cell) ->
         train_args = {"anchor_weight": spec.anchor_weight} if spec.anchor_weight else {}
         cell.ids[f"defense:{spec.name}"] = plan.add(Node(
             id=f"{cell.prefix}/finetune_{spec.name}", kind="finetune", task="finetune",
-            params={"recipe": _numbers(recipe), "seed": cell.seed, "name": spec.name, "train_args": train_args},
+            params={"recipe": _numbers(recipe), "seed": cell.seed, "name": spec.name, "train_args": train_args,
+                    **_procs(cfg)},
             needs={"model": cell.ids["poisoned"], "set": set_id}, speed=_speed(recipe),
             label=f"fine-tune: {spec.name} ({size} pairs)"))
     if cfg.roclip.attack == cell.attack.name:
@@ -281,7 +289,7 @@ def _run(cfg: ExperimentConfig, plan: Plan, cells: list[Cell], out: Path, *, res
     write_config(out / "config.yaml", cfg)
     machine = machine_info()
     t0 = time.perf_counter()
-    # train_procs rides in env, never in a stage's params: 1 or N processes train the same numbers
+    # train_procs also rides in env: the training stages run with it (their keys hold it, see _procs)
     env = {"device": _device(cfg.device), "progress": cfg.progress, "train_procs": cfg.train_procs}
     before = {nid for nid in plan.nodes if plan.done(nid)}
     try:

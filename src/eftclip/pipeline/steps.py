@@ -144,9 +144,10 @@ def _train(ctx: Context, cfg: Any, verb: str) -> dict:
     import sys
 
     from eftclip.pipeline.torchrun import check_resume_split, train_with_torchrun
+    from eftclip.training import TrainConfig
 
     # RoCLIP's caption pool is per process: split over ranks it would match other captions
-    procs = 1 if getattr(cfg, "defense", "none") == "roclip" else ctx.train_procs
+    procs = 1 if isinstance(cfg, TrainConfig) and cfg.defense == "roclip" else ctx.train_procs
     check_resume_split(cfg, procs)
     if procs == 1:
         from eftclip.training import finetune as run_finetune, train
