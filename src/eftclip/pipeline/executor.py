@@ -31,7 +31,7 @@ def execute(plan: Plan, *, env: dict, workers: int = 1, threads: int | None = No
     results: dict[str, Any] = {}
     for nid in plan.nodes:
         if plan.done(nid):
-            results[nid] = read_json(plan.folder(nid) / "stage.json")["result"]
+            results[nid] = plan.load(read_json(plan.folder(nid) / "stage.json")["result"])
     todo = [nid for nid in plan.nodes if nid not in results]
     if todo:
         print(f"{len(results)} of {len(plan.nodes)} stages already done; {len(todo)} to run", file=stream, flush=True)
@@ -49,7 +49,7 @@ def _job(plan: Plan, nid: str, results: dict) -> tuple:
 def _record(plan: Plan, nid: str, result: Any, seconds: float) -> None:
     node = plan.nodes[nid]
     write_json(plan.folder(nid) / "stage.json", {"id": nid, "kind": node.kind, "key": plan.keys[nid],
-                                                 "seconds": seconds, "result": result})
+                                                 "seconds": seconds, "result": plan.store(result)})
 
 
 def _line(stream, numbers: dict, plan: Plan, nid: str, text: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ class Node:
     needs: dict = field(default_factory=dict)  # role -> id of a stage whose result this one reads
     speed: dict = field(default_factory=dict)  # settings that change speed only (not hashed)
     label: str = ""  # progress line text
+
+
+# stands for the cache folder in stored results (stage.json), so that a cache can move
+CACHE_MARK = "${cache}"
 
 
 class Plan:
@@ -62,6 +67,30 @@ class Plan:
 
     def done(self, node_id: str) -> bool:
         return (self.folder(node_id) / "stage.json").exists()
+
+    def store(self, result: Any) -> Any:
+        """``result`` with every path inside the cache written as ``${cache}/<path>`` (what ``stage.json``
+        holds), so that a cache moved or mounted elsewhere is reused; other paths are left alone."""
+        root = os.path.abspath(self.cache)
+        if isinstance(result, dict):
+            return {k: self.store(v) for k, v in result.items()}
+        if isinstance(result, list):
+            return [self.store(v) for v in result]
+        if isinstance(result, str) and "\n" not in result and result:
+            full = os.path.abspath(result)
+            if full.startswith(root + os.sep) and (os.path.isabs(result) or result.startswith(str(self.cache))):
+                return f"{CACHE_MARK}/{Path(os.path.relpath(full, root)).as_posix()}"
+        return result
+
+    def load(self, stored: Any) -> Any:
+        """The inverse of :meth:`store` for this plan's cache (results stored with absolute paths stay as they are)."""
+        if isinstance(stored, dict):
+            return {k: self.load(v) for k, v in stored.items()}
+        if isinstance(stored, list):
+            return [self.load(v) for v in stored]
+        if isinstance(stored, str) and stored.startswith(CACHE_MARK + "/"):
+            return str(self.cache / stored[len(CACHE_MARK) + 1:])
+        return stored
 
     def describe(self) -> list[dict]:
         """Each stage with its inputs and cache folder (what ``--plan`` prints as JSON lines)."""
