@@ -113,7 +113,7 @@ def collect(r, results: dict, ids: dict, target: str | None) -> dict:
     return metrics
 
 
-def finish(r, plan, results: dict, ids: dict, target: str | None, *, stream=sys.stderr) -> dict:
+def finish(r, plan, results: dict, ids: dict, target: str | None, *, stream=None) -> dict:
     from eftclip.config import write_config
     from eftclip.pipeline.defend_checks import relative_config
     from eftclip.pipeline.defend_markdown import report_markdown
@@ -125,5 +125,5 @@ def finish(r, plan, results: dict, ids: dict, target: str | None, *, stream=sys.
     write_json(out / "metrics.json", metrics)
     write_text(out / "verdict.txt", metrics["verdict"] + "\n")
     write_text(out / "report.md", report_markdown(metrics))
-    print(metrics["verdict"], file=stream, flush=True)
+    print(metrics["verdict"], file=stream or sys.stderr, flush=True)
     return metrics

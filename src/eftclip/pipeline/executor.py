@@ -21,12 +21,14 @@ from eftclip.pipeline.plan import Plan
 
 
 def execute(plan: Plan, *, env: dict, workers: int = 1, threads: int | None = None,
-            stream=sys.stderr) -> dict[str, Any]:
+            stream=None) -> dict[str, Any]:
     """Run every unfinished stage; return ``{id: result}`` for the whole plan.
 
     ``env``: run-wide settings passed to every task (device, progress); not hashed.
+    ``stream``: where progress lines go (default: ``sys.stderr`` as it is at the call, not at import).
     A failing stage lets the running ones finish and keep their results, then raises.
     """
+    stream = stream or sys.stderr
     numbers = {nid: i + 1 for i, nid in enumerate(plan.nodes)}
     results: dict[str, Any] = {}
     for nid in plan.nodes:

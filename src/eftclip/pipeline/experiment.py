@@ -11,7 +11,6 @@ continues where it stopped.  ``eftclip demo`` is the single-attack, single-seed 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,7 +251,7 @@ def resolve_templates(cfg: ExperimentConfig, source: Any) -> list[str]:
 
 
 def run_experiment(cfg: ExperimentConfig, *, resume: bool = False, force: bool = False,
-                   command: str | None = None, plan_only: bool = False, stream=sys.stderr) -> dict:
+                   command: str | None = None, plan_only: bool = False, stream=None) -> dict:
     """Run (or continue) the experiment in ``cfg.out``; return the metrics written to ``metrics.json``.
 
     ``plan_only``: return ``{"plan": [...]}`` (each stage, its inputs and cache folder) and run nothing.
