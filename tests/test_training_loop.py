@@ -142,6 +142,20 @@ def test_resume_with_another_config_is_refused(tmp_path, data):
         train(TrainConfig(**{**cfg, "lr": 5e-4, "resume": True}))
 
 
+def test_resume_of_a_run_made_before_a_field_existed(tmp_path, data):
+    """A field added since the run was made (absent from its config.yaml) counts as its default."""
+    cfg = dict(data=str(data), model=MODEL, epochs=1, batch_size=32, lr=1e-3, warmup=1, out=str(tmp_path / "r"), **FAST)
+    train(TrainConfig(**cfg))
+    saved = tmp_path / "r" / "config.yaml"
+    record = yaml.safe_load(saved.read_text())
+    assert record.pop("eda_synonyms") == "auto"
+    saved.write_text(yaml.safe_dump(record))
+    train(TrainConfig(**{**cfg, "resume": True}))  # accepted: the missing field is its default
+    assert len(_summary(tmp_path / "r")) == 1
+    with pytest.raises(EftclipError, match="another config.*eda_synonyms: 'auto' -> 'table'"):
+        train(TrainConfig(**{**cfg, "resume": True, "eda_synonyms": "table"}))
+
+
 def test_interrupted_checkpoint_write_leaves_previous_one(tmp_path, data, monkeypatch):
     import safetensors.torch as st
 

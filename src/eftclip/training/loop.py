@@ -28,6 +28,7 @@ steps of the interrupted epoch exactly: the weights equal an unbroken run's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -307,6 +308,9 @@ class _Run:
         keys = set(fingerprint(self.cfg)) | {"kind"}
         if self.cfg.records is not None:
             keys.discard("data")
+        # a field the saved config lacks was added since; its default is what that run did
+        defaults = {f.name: f.default for f in dataclasses.fields(self.cfg) if f.default is not dataclasses.MISSING}
+        saved = {**{k: defaults[k] for k in keys if k not in saved and k in defaults}, **saved}
         diff = [k for k in sorted(keys) if _yamlish(saved.get(k)) != _yamlish(now.get(k))]
         if diff:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:6])
