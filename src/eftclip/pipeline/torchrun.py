@@ -8,8 +8,9 @@ and runs::
 
 ``batch_size`` in the training configs is per process, while a pipeline recipe's is the
 global contrastive batch; the YAML holds ``batch_size / N``, so the job trains on the same
-global batch as the one-process stage (the loop gathers features over the ranks), and its
-numbers are the same experiment.  The job's stdout and stderr go to ``torchrun/stdout.txt`` and
+global batch as the one-process stage (the loop gathers features over the ranks).  Its numbers
+equal one process's to float noise for models without BatchNorm; a BatchNorm model (the world's
+ResNet, RN50) normalises over each rank's share, so the pipeline caches N-process stages apart.  The job's stdout and stderr go to ``torchrun/stdout.txt`` and
 ``torchrun/stderr.txt`` (stderr is also echoed when progress is shown); its result is the run
 folder's ``summary.json``, what :func:`eftclip.training.train` returns in process.
 """
