@@ -16,22 +16,10 @@ from eftclip.pipeline import torchrun
 from eftclip.pipeline.experiment import run_experiment
 from eftclip.pipeline.presets import config_from_mapping
 from eftclip.training import FinetuneConfig, TrainConfig
+from test_pipeline_experiment import TINY as PIPELINE_TINY
 
-TINY = {
-    "name": "tiny",
-    "source": {"kind": "world", "size": "tiny", "oracle_epochs": 2},
-    "seeds": [0],
-    "attacks": ["badnet"],
-    "poison_rate": 0.1,
-    "pretrain": {"epochs": 2, "batch_size": 32, "lr": 0.005, "warmup": 2},
-    "detect": {"scenes": 24},
-    "budget": 12,
-    "finetune": {"epochs": 1, "batch_size": 8, "warmup": 1},
-    "defenses": [{"name": "cleanclip", "set": "random"}],
-    "device": "cpu",
-    "workers": 1,
-    "progress": False,
-}
+# the tiny world of the pipeline tests, with one defense
+TINY = {**PIPELINE_TINY, "defenses": [{"name": "cleanclip", "set": "random"}]}
 
 
 def _cfg(tmp_path, name: str, **changes):
