@@ -228,3 +228,16 @@ def test_recipe_key_fields_leave_out_only_the_legacy_synonym_table():
     table, wordnet = FinetuneRecipe(), FinetuneRecipe(eda_synonyms="wordnet")
     assert "eda_synonyms" not in key_fields(table) and key_fields(wordnet)["eda_synonyms"] == "wordnet"
     assert "workers" not in key_fields(table) and key_fields(table)["lr"] == table.lr
+
+
+def test_precision_auto_keys_gpu_stages_apart_from_cpu_ones(tmp_path, monkeypatch):
+    """auto is bf16 on CUDA and fp32 on CPU: a shared cache must not hand a CPU-made stage to a GPU run."""
+    import torch
+
+    cpu = {s["id"]: s for s in run_experiment(_cfg(tmp_path, "p", device="cpu"), plan_only=True)["plan"]}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = {s["id"]: s for s in run_experiment(_cfg(tmp_path, "p", device="auto"), plan_only=True)["plan"]}
+    assert cpu["s0/train_clean"]["params"]["recipe"]["precision"] == "auto"
+    assert gpu["s0/train_clean"]["params"]["recipe"]["precision"] == "bf16"
+    assert cpu["s0/train_clean"]["key"] != gpu["s0/train_clean"]["key"]
+    assert cpu["s0/data"]["key"] == gpu["s0/data"]["key"]

@@ -121,6 +121,7 @@ def build_plan(cfg: ExperimentConfig, source: Any, templates: list[str], cache: 
 
     plan = Plan(cache)
     src = source_mapping(source)
+    cfg = _resolved_precision(cfg)
     shared = {seed: _seed_stages(plan, cfg, src, seed) for seed in cfg.seeds}
     cells: list[Cell] = []
     # attack-major order: a run cut short has whole attacks (every seed) rather than whole seeds
@@ -322,6 +323,16 @@ def _record_timing(path: Path, plan: Plan, before: set, seconds: float) -> dict:
     timing["stages_run"] = sorted(set(timing["stages_run"]) | ran)
     write_json(path, timing)
     return timing
+
+
+def _resolved_precision(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``precision: auto`` means bf16 on CUDA and fp32 on CPU: on CUDA it is written out, so that GPU-made
+    training stages are keyed apart from CPU-made ones (CPU keys keep ``auto``, as they always had)."""
+    if _device(cfg.device) != "cuda":
+        return cfg
+    recipes = {name: dataclasses.replace(getattr(cfg, name), precision="bf16")
+               for name in ("pretrain", "finetune") if getattr(cfg, name).precision == "auto"}
+    return dataclasses.replace(cfg, **recipes)
 
 
 def _device(device: str) -> str:
