@@ -177,3 +177,11 @@ def test_suspect_by_model_and_pretrained_file(world):
     assert suspect == {"checkpoint": str(world["random"]), "model": "eftclip-tiny-rn"}
     assert (out / "verdict.txt").read_text().startswith("no backdoor found")
     assert "pretrained: ../random.safetensors" in (out / "config.yaml").read_text()
+
+
+def test_repair_recipe_writes_out_auto_precision_on_cuda_only():
+    from eftclip.pipeline.defend import DefendConfig, repair_recipe
+
+    assert repair_recipe(DefendConfig(device="cpu")).precision == "auto"  # CPU keys as they always were
+    assert repair_recipe(DefendConfig(device="cuda")).precision == "bf16"
+    assert repair_recipe(DefendConfig(device="cuda:1")).precision == "bf16"

@@ -145,10 +145,14 @@ def repair_plan(plan: Plan, r: Resolved, target: str) -> dict[str, str]:
 
 
 def repair_recipe(cfg: DefendConfig) -> FinetuneRecipe:
-    """The eftclip defense's recipe (:data:`EFTCLIP_DEFENSE` over :class:`FinetuneRecipe`), ``epochs`` overridable."""
+    """The eftclip defense's recipe (:data:`EFTCLIP_DEFENSE` over :class:`FinetuneRecipe`), ``epochs`` overridable;
+    ``precision: auto`` written out as bf16 on CUDA, so that its key tells GPU-made repairs from CPU-made ones."""
     spec = EFTCLIP_DEFENSE
     own = {k: getattr(spec, k) for k in ("objective", "lr", "epochs") if getattr(spec, k) is not None}
-    return dataclasses.replace(FinetuneRecipe(), **own, **({"epochs": cfg.epochs} if cfg.epochs else {}))
+    recipe = dataclasses.replace(FinetuneRecipe(), **own, **({"epochs": cfg.epochs} if cfg.epochs else {}))
+    if cfg.device.startswith("cuda") and recipe.precision == "auto":
+        recipe = dataclasses.replace(recipe, precision="bf16")
+    return recipe
 
 
 def _evaluation_plan(plan: Plan, r: Resolved, target: str, ids: dict) -> dict[str, str]:
