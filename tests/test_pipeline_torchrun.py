@@ -102,10 +102,10 @@ TRAINING = ("s0/train_clean", "s0/badnet/train_poisoned", "s0/badnet/finetune_cl
 
 
 def _stage(plan: list[dict], stage_id: str) -> tuple[Path, dict]:
-    from eftclip.io import read_json
+    from eftclip.pipeline.plan import stage_result
 
     folder = Path(next(s["folder"] for s in plan if s["id"] == stage_id))
-    return folder, read_json(folder / "stage.json")["result"]
+    return folder, stage_result(folder)
 
 
 def _losses(run: Path) -> list[float]:

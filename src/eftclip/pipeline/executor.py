@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eftclip.io import read_json, write_json
-from eftclip.pipeline.plan import Plan
+from eftclip.io import write_json
+from eftclip.pipeline.plan import Plan, stage_result
 
 
 def execute(plan: Plan, *, env: dict, workers: int = 1, threads: int | None = None,
@@ -33,7 +33,7 @@ def execute(plan: Plan, *, env: dict, workers: int = 1, threads: int | None = No
     results: dict[str, Any] = {}
     for nid in plan.nodes:
         if plan.done(nid):
-            results[nid] = plan.load(read_json(plan.folder(nid) / "stage.json")["result"])
+            results[nid] = stage_result(plan.folder(nid))
     todo = [nid for nid in plan.nodes if nid not in results]
     if todo:
         print(f"{len(results)} of {len(plan.nodes)} stages already done; {len(todo)} to run", file=stream, flush=True)

@@ -36,6 +36,14 @@ class Node:
 CACHE_MARK = "${cache}"
 
 
+def stage_result(folder: Path) -> Any:
+    """The result a finished stage left in ``folder/stage.json``, its cache paths resolved against the cache
+    folder it lies in (``folder``'s parent)."""
+    from eftclip.io import read_json
+
+    return Plan(Path(folder).parent).load(read_json(Path(folder) / "stage.json")["result"])
+
+
 class Plan:
     """Nodes in the order they were added (a topological order: needs come first)."""
 
