@@ -54,9 +54,8 @@ def build_trigger(ctx: Context, attack: str, params: dict, surrogate_checkpoint:
         import numpy as np
         import torch
 
-        from PIL import Image
-
         from eftclip.attacks.trojannn import TrojanNNTrigger, save_pattern
+        from eftclip.data.images import open_image
         from eftclip.models import load_checkpoint
 
         if surrogate_checkpoint is None or not surrogate_images:
@@ -64,10 +63,7 @@ def build_trigger(ctx: Context, attack: str, params: dict, surrogate_checkpoint:
         bundle = load_checkpoint(surrogate_checkpoint)
         rng = np.random.default_rng([ctx.seed, 17])
         picks = rng.choice(len(surrogate_images), size=min(256, len(surrogate_images)), replace=False)
-        images = []
-        for i in picks:
-            with Image.open(surrogate_images[int(i)]) as im:
-                images.append(np.asarray(im.convert("RGB")))
+        images = [np.asarray(open_image(surrogate_images[int(i)])) for i in picks]
         gen = torch.Generator().manual_seed(ctx.seed)
         size = int(params.get("size", 6))
         pattern = TrojanNNTrigger.optimise(bundle, ctx.target, images, steps=int(params.pop("steps", 150)), rng=gen,

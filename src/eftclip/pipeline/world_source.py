@@ -100,7 +100,8 @@ class WorldSource:
         """The clean training scenes (the attacker's own data; the eval split is the test set), in CSV order."""
         from eftclip.data.captions import read_captions
 
-        return [r.image for r in read_captions(splits["train_csv"]).records]
+        # the training scenes' images are checked where they are trained on, not again here
+        return [r.image for r in read_captions(splits["train_csv"], check_images=False).records]
 
     def truth(self, splits: dict, detect_csv: str) -> tuple[dict, dict]:
         """``(objects, triggered)`` per detection image: for scoring only, never read by the defense."""
