@@ -21,7 +21,7 @@ from eftclip.detection.trigger_recovery import DEFAULT_METHOD
 from eftclip.errors import EftclipError
 from eftclip.pipeline.experiment import ExperimentConfig
 from eftclip.pipeline.plan import Node, Plan
-from eftclip.pipeline.recipes import DEFAULT_DEFENSES, FinetuneRecipe, key_fields
+from eftclip.pipeline.recipes import DEFAULT_DEFENSES, FinetuneRecipe, key_fields, on_device
 
 # the repair is the pipeline's "eftclip" defense: its set builder's options and its recipe
 EFTCLIP_DEFENSE = next(d for d in DEFAULT_DEFENSES if d.name == "eftclip")
@@ -145,14 +145,12 @@ def repair_plan(plan: Plan, r: Resolved, target: str) -> dict[str, str]:
 
 
 def repair_recipe(cfg: DefendConfig) -> FinetuneRecipe:
-    """The eftclip defense's recipe (:data:`EFTCLIP_DEFENSE` over :class:`FinetuneRecipe`), ``epochs`` overridable;
-    ``precision: auto`` written out as bf16 on CUDA, so that its key tells GPU-made repairs from CPU-made ones."""
+    """The eftclip defense's recipe (:data:`EFTCLIP_DEFENSE` over :class:`FinetuneRecipe`), ``epochs`` overridable,
+    as trained on ``cfg.device`` (:func:`~eftclip.pipeline.recipes.on_device`)."""
     spec = EFTCLIP_DEFENSE
     own = {k: getattr(spec, k) for k in ("objective", "lr", "epochs") if getattr(spec, k) is not None}
     recipe = dataclasses.replace(FinetuneRecipe(), **own, **({"epochs": cfg.epochs} if cfg.epochs else {}))
-    if cfg.device.startswith("cuda") and recipe.precision == "auto":
-        recipe = dataclasses.replace(recipe, precision="bf16")
-    return recipe
+    return on_device(recipe, cfg.device)
 
 
 def _evaluation_plan(plan: Plan, r: Resolved, target: str, ids: dict) -> dict[str, str]:

@@ -20,12 +20,13 @@ from eftclip.pipeline.plan import Node, Plan
 from eftclip.pipeline.recipes import (
     DEFAULT_DEFENSES,
     SPEED_ONLY,
-    key_fields,
     AttackSpec,
     DetectRecipe,
     FinetuneRecipe,
     PretrainRecipe,
     RoclipSpec,
+    key_fields,
+    on_device,
 )
 
 
@@ -326,13 +327,9 @@ def _record_timing(path: Path, plan: Plan, before: set, seconds: float) -> dict:
 
 
 def _resolved_precision(cfg: ExperimentConfig) -> ExperimentConfig:
-    """``precision: auto`` means bf16 on CUDA and fp32 on CPU: on CUDA it is written out, so that GPU-made
-    training stages are keyed apart from CPU-made ones (CPU keys keep ``auto``, as they always had)."""
-    if _device(cfg.device) != "cuda":
-        return cfg
-    recipes = {name: dataclasses.replace(getattr(cfg, name), precision="bf16")
-               for name in ("pretrain", "finetune") if getattr(cfg, name).precision == "auto"}
-    return dataclasses.replace(cfg, **recipes)
+    """Both training recipes as trained on the run's device (:func:`recipes.on_device`)."""
+    device = _device(cfg.device)
+    return dataclasses.replace(cfg, pretrain=on_device(cfg.pretrain, device), finetune=on_device(cfg.finetune, device))
 
 
 def _device(device: str) -> str:

@@ -23,6 +23,14 @@ SPEED_ONLY = frozenset({"workers", "cache_images", "cpu_threads"})
 KEYED_UNLESS = {"eda_synonyms": "table"}
 
 
+def on_device(recipe: Any, device: str) -> Any:
+    """``recipe`` as trained on ``device``: ``precision: auto`` means bf16 on CUDA and fp32 on CPU, so on CUDA
+    it is written out, and GPU-made training stages are keyed apart from CPU-made ones (CPU keys keep ``auto``)."""
+    if device.startswith("cuda") and recipe.precision == "auto":
+        return dataclasses.replace(recipe, precision="bf16")
+    return recipe
+
+
 def key_fields(recipe: Any) -> dict:
     """The recipe's fields that its stages' numbers depend on: its share of their cache keys."""
     return {k: v for k, v in dataclasses.asdict(recipe).items()
