@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from eftclip.cli import main
+from cli_fixtures import fields_without_flag, flags_not_parsed, verb_parser
+from eftclip.cli import detect as cli_detect
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (30, 40, 220)]
 NAMES = ["apple", "leaf", "sea"]
@@ -116,27 +118,16 @@ OLD_DETECT_FLAGS = (
     "--resume --force").split()
 
 
-def _detect_parser():
-    import argparse
-
-    from eftclip.cli import detect
-
-    return detect.register(argparse.ArgumentParser(prog="eftclip").add_subparsers())
-
-
 def test_every_detect_config_field_has_a_flag_and_old_names_still_parse():
-    import dataclasses
-
     from eftclip.cli.detect import NOT_FLAGS
     from eftclip.detection.config import DetectConfig
 
-    parser = _detect_parser()
-    dests = {a.dest for a in parser._actions if a.option_strings}
-    missing = {f.name for f in dataclasses.fields(DetectConfig)} - set(NOT_FLAGS) - dests
+    parser = verb_parser(cli_detect)
+    missing = fields_without_flag(parser, DetectConfig, NOT_FLAGS)
     assert not missing, f"DetectConfig fields without a flag: {missing}"
-    assert not set(NOT_FLAGS) & dests
+    assert fields_without_flag(parser, DetectConfig) == set(NOT_FLAGS)  # the skipped ones really have none
+    assert flags_not_parsed(parser, OLD_DETECT_FLAGS) == []
     options = parser._option_string_actions
-    assert [f for f in OLD_DETECT_FLAGS if f not in options] == []
     assert options["--template"].dest == "templates" and options["--oracle-arg"].dest == "oracle_args"
 
 
@@ -148,7 +139,7 @@ def test_detect_precedence_default_yaml_flag_and_oracle_model(tmp_path):
     cfg_file = tmp_path / "detect.yaml"
     cfg_file.write_text("checkpoint: c.safetensors\nimages: data.csv\ntau: 3\ntheta: 0.3\noracle: owlv2\n"
                         "oracle_args: {threshold: 0.1}\nlabels: [cat]\n")
-    parser = _detect_parser()
+    parser = verb_parser(cli_detect)
     cfg = build_config(parser.parse_args(["--config", str(cfg_file), "--out", "o", "--theta", "0.5",
                                           "--template", "a {}.", "--template", "an image of a {}."]))
     assert (cfg.tau, cfg.theta, cfg.min_count) == (3, 0.5, DetectConfig.__dataclass_fields__["min_count"].default)
@@ -174,7 +165,7 @@ def test_detect_help_shows_the_dataclass_defaults(monkeypatch):
     from eftclip.detection.config import DetectConfig
 
     monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside a default
-    text = " ".join(_detect_parser().format_help().split())
+    text = " ".join(verb_parser(cli_detect).format_help().split())
     defaults = DetectConfig.__dataclass_fields__
     for usage, name in (("--tau TAU", "tau"), ("--theta THETA", "theta"), ("--min-count MIN_COUNT", "min_count"),
                         ("--batch-size BATCH_SIZE", "batch_size"), ("--vocab VOCAB", "vocab")):

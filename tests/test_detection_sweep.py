@@ -11,6 +11,8 @@ from PIL import Image
 from eftclip.detection.sweep import SweepConfig, run_sweep
 from eftclip.errors import EftclipError
 from test_detection_runner import COLOURS, VOCAB, _oracle  # noqa: F401  (shared real parts)
+from cli_fixtures import fields_without_flag, flags_not_parsed, verb_parser
+from eftclip.cli import sweep as cli_sweep
 
 
 @pytest.fixture(scope="module")
@@ -78,23 +80,12 @@ OLD_SWEEP_FLAGS = (
     "--no-clean --max-images --batch-size --device --seed").split()
 
 
-def _sweep_parser():
-    import argparse
-
-    from eftclip.cli import sweep
-
-    return sweep.register(argparse.ArgumentParser(prog="eftclip").add_subparsers())
-
-
 def test_every_sweep_config_field_has_a_flag_and_old_names_still_parse():
-    import dataclasses
-
-    parser = _sweep_parser()
-    dests = {a.dest for a in parser._actions if a.option_strings}
-    missing = {f.name for f in dataclasses.fields(SweepConfig)} - dests
+    parser = verb_parser(cli_sweep)
+    missing = fields_without_flag(parser, SweepConfig)
     assert not missing, f"SweepConfig fields without a flag: {missing}"
+    assert flags_not_parsed(parser, OLD_SWEEP_FLAGS) == []
     options = parser._option_string_actions
-    assert [f for f in OLD_SWEEP_FLAGS if f not in options] == []
     assert {options[f].dest for f in ("--rho", "--mu", "--theta", "--tau", "--no-clean", "--trigger-arg")} == {
         "rhos", "mus", "thetas", "taus", "include_clean", "trigger_args"}
 
@@ -103,7 +94,7 @@ def test_sweep_help_shows_the_dataclass_defaults(monkeypatch):
     from test_detection_cli import _help_of
 
     monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside "bottom-right"
-    text = " ".join(_sweep_parser().format_help().split())
+    text = " ".join(verb_parser(cli_sweep).format_help().split())
     defaults = SweepConfig.__dataclass_fields__
     for usage, name in (("--rho INT,...", "rhos"), ("--theta FLOAT,...", "thetas"), ("--mu STR,...", "mus")):
         shown = ",".join(map(str, defaults[name].default))
