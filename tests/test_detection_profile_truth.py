@@ -81,3 +81,28 @@ def test_truth_from_label_column_and_scoring_a_folder(tmp_path):
     assert scored["paper"]["tv_distance"] == pytest.approx(0.5)
     assert scored["paper"]["object_recall"] == pytest.approx(0.5)
     assert json.loads((det / "profile_vs_truth.json").read_text()) == scored
+
+
+def test_a_labelled_folders_detection_set_keeps_its_label_column_for_scoring(tmp_path):
+    """The study's detection set of a labelled folder (CIFAR-10) carries 'label' through poisoning,
+    so the folder's truth can score the flagged images (it was dropped, and the study stopped)."""
+    from eftclip.pipeline.steps import Context, detection_set
+
+    img_dir = tmp_path / "split"
+    img_dir.mkdir()
+    rows = []
+    for i, label in enumerate(["cat", "dog", "ship", "cat", "dog", "ship"]):
+        Image.fromarray(np.full((16, 16, 3), 30 * i, np.uint8)).save(img_dir / f"{i}.png")
+        rows.append({"image": f"split/{i}.png", "caption": f"a photo of a {label}.", "label": label})
+    detect_csv = tmp_path / "detect.csv"
+    with open(detect_csv, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["image", "caption", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    ctx = Context(out=tmp_path / "out", seed=0, device="cpu", templates=["a photo of a {}."], target="airplane",
+                  world={"detect_csv": str(detect_csv)}, progress=False)
+    trig = {"name": "badnet", "params": {"size": 4, "position": "bottom-right"}}
+    made = detection_set(ctx, trig, scenes=6, share=0.5)
+    objects, triggered = truth_from_label_column(made["csv"])
+    assert sorted(sorted(v)[0] for v in objects.values()) == ["cat", "cat", "dog", "dog", "ship", "ship"]
+    assert sum(bool(t) for t in triggered.values()) == 3

@@ -120,8 +120,11 @@ def detection_set(ctx: Context, trig: dict, *, scenes: int, share: float) -> dic
         raise EftclipError(f"the detection set asks for {scenes} scenes; the world's detect split has "
                            f"{len(table.records)}")
     subset = ctx.out / "detect_set" / "source.csv"
-    write_captions_csv(subset, [{"image": r.image, "caption": r.caption} for r in table.records[:scenes]],
-                       ["image", "caption"])
+    records = table.records[:scenes]
+    # further columns (a labelled folder's 'label') travel on, for scoring: poisoning keeps them
+    extra = list(dict.fromkeys(col for r in records for col in r.extra))
+    write_captions_csv(subset, [{"image": r.image, "caption": r.caption, **r.extra} for r in records],
+                       ["image", "caption", *extra])
     result = poison(ctx, str(subset), trig, num=max(1, int(round(share * scenes))), name="detect", seed_offset=101,
                     avoid_target=True)
     return result
