@@ -17,6 +17,7 @@ from typing import Any
 
 from eftclip.errors import EftclipError
 from eftclip.training.augment import SYNONYM_SOURCES
+from eftclip.training.precision import PRECISIONS
 
 # fields that do not change the numbers a run produces: they may differ on --resume
 RESUME_NEUTRAL = frozenset(
@@ -63,7 +64,7 @@ class OptimiserSettings:
     weight_decay: float = 0.1  # AdamW decay on weights (not on gains, biases, norms, logit_scale: open_clip's rule)
     beta1: float = 0.9  # AdamW beta1
     seed: int = 0  # model init, data order and augmentations are all derived from it
-    precision: str = "auto"  # auto|fp32|bf16|fp16: auto = bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto|fp32|bf16|fp16: auto = bf16 autocast on CUDA, fp32 on CPU; bf16 on CPU needs AVX512-BF16 or AMX
     accum_steps: int = 1  # gradient accumulation with open_clip's feature cache (loss over the full batch)
     local_loss: bool = True  # open_clip --local-loss: each rank scores its own rows against all columns
     gather_with_grad: bool = True  # open_clip --gather-with-grad: exact global-batch gradient under DDP
@@ -72,8 +73,8 @@ class OptimiserSettings:
     def _check_optimiser(self) -> None:
         if self.accum_steps < 1:
             raise EftclipError(f"--accum-steps must be >= 1, got {self.accum_steps}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise EftclipError(f"--precision: unknown '{self.precision}' (known: auto, fp32, bf16, fp16)")
+        if self.precision not in PRECISIONS:
+            raise EftclipError(f"--precision: unknown '{self.precision}' (known: {', '.join(PRECISIONS)})")
 
 
 @dataclass(frozen=True, kw_only=True)

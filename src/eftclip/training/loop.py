@@ -27,7 +27,6 @@ steps of the interrupted epoch exactly: the weights equal an unbroken run's.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -53,6 +52,7 @@ from eftclip.training.feed import Feeder
 from eftclip.training.losses import make_clip_loss
 from eftclip.training.objectives import Objective, ObjectiveContext, build_objectives, total_terms
 from eftclip.training.run_files import Position, RunFiles
+from eftclip.training.precision import autocast_for, resolve_precision
 from eftclip.training.schedule import CosineWithWarmup
 
 EpochHook = Callable[[int, dict], None]
@@ -214,6 +214,7 @@ class _Parts:
     schedule: CosineWithWarmup
     scaler: Any  # torch.amp.GradScaler for fp16, else None
     autocast: Callable[[], Any]  # () -> context manager
+    precision: str  # what the run computes in: fp32, bf16 or fp16 (training.precision.resolve_precision)
     per_step: int  # pairs per optimiser step over all processes
 
     @property
@@ -319,14 +320,6 @@ class _Run:
                 f"use the same flags or another --out"
             )
 
-    def _precision(self, device: torch.device) -> str:
-        p = self.cfg.precision
-        if device.type != "cuda":
-            if p in ("bf16", "fp16"):
-                warnings.warn(f"--precision {p}: mixed precision is for GPUs; training in fp32 on {device}", stacklevel=3)
-            return "fp32"
-        return "bf16" if p == "auto" else p
-
     def _steps_per_epoch(self, n_pairs: int, info: DistInfo) -> int:
         cfg = self.cfg
         per_step = cfg.batch_size * info.world_size * cfg.accum_steps
@@ -357,14 +350,10 @@ class _Run:
             )
         optimizer = _adamw(model, cfg)
         schedule = CosineWithWarmup(optimizer, base_lr=cfg.lr, warmup=cfg.warmup, total_steps=steps_per_epoch * cfg.epochs)
-        precision = self._precision(device)
+        precision = resolve_precision(cfg.precision, device)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        autocast = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16))
-            if precision != "fp32"
-            else contextlib.nullcontext
-        )
-        return _Parts(info, device, bundle, ddp_model, objectives, feeder, optimizer, schedule, scaler, autocast,
+        autocast = autocast_for(precision, device)
+        return _Parts(info, device, bundle, ddp_model, objectives, feeder, optimizer, schedule, scaler, autocast, precision,
                       per_step=cfg.batch_size * info.world_size * cfg.accum_steps)
 
     def _restore(self, latest: dict | None, p: _Parts) -> Position:
@@ -537,6 +526,7 @@ class _Run:
             "pairs": len(pairs),
             "skipped_rows": pairs.skipped,
             "world_size": p.info.world_size,
+            "precision": p.precision,
             "eda_synonyms": eda.synonyms.name if eda is not None else None,
             "last_epoch": rows[-1] if rows else {},
         }
