@@ -1,6 +1,7 @@
 """``eftclip evaluate`` end to end on a tiny image folder and a random tiny model."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +61,10 @@ def test_evaluate_cli_writes_json(world, capsys):
     cfg = result["config"]
     assert cfg["model"] == "eftclip-tiny-rn"  # from the checkpoint's side file
     assert cfg["attack"]["name"] == "badnet" and cfg["attack"]["params"]["size"] == 6
-    assert cfg["target"] == "umbrella" and cfg["n_templates"] == 2
+    assert cfg["target"] == "umbrella" and cfg["n_templates"] == 2 and cfg["precision"] == "fp32"
+    # paths relative to the JSON's folder, never this machine's absolute ones
+    assert cfg["checkpoint"] == "../model.safetensors" and not Path(cfg["data"]).is_absolute()
+    assert (out.parent / cfg["data"]).resolve() == Path(world["data"]).resolve()
     assert [p.name for p in out.parent.iterdir()] == ["eval.json"]  # no temporary leftovers
 
 

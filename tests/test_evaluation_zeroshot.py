@@ -163,6 +163,21 @@ def test_evaluate_without_trigger_and_batch_size_independence(backdoored, folder
     backdoored.model.eval()
 
 
+def test_bf16_evaluation_agrees_with_fp32(backdoored, folder, trigger, monkeypatch):
+    import eftclip.evaluation.zeroshot as zs
+
+    seen = []
+    real = zs.autocast_for
+    monkeypatch.setattr(zs, "autocast_for", lambda p, d: seen.append(p) or real(p, d))
+    monkeypatch.setattr(zs, "resolve_precision", lambda p, d: p)  # bf16 autocast on any CPU, for the test
+    ds = ImageFolderSet(folder)
+    kw = dict(templates=TEMPLATES, trigger=trigger, target=TARGET, progress=False)
+    fp32, bf16 = evaluate(backdoored, ds, **kw), evaluate(backdoored, ds, precision="bf16", **kw)
+    assert seen == ["fp32", "bf16"]
+    # the backdoor and the classes are far apart: bf16 rounding moves no decision of this model
+    assert abs(bf16["ca_top1"] - fp32["ca_top1"]) <= 1 / len(ds.samples) and bf16["asr"] == pytest.approx(fp32["asr"], abs=0.05)
+
+
 def test_clean_model_has_low_asr(folder, trigger):
     # the same training without poisoned images: the trigger does not move predictions
     clean_model = train_colour_model(trigger, poison_rate=0.0)

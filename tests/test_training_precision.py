@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from training_fixtures import make_pairs  # noqa: E402
 
 from eftclip.training import TrainConfig, train  # noqa: E402
-from eftclip.training.precision import autocast_for, cpu_has_bf16, resolve_precision  # noqa: E402
+from eftclip.precision import autocast_for, cpu_has_bf16, resolve_precision  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -11,6 +11,7 @@ from typing import Any
 from eftclip.cli.values import parse_key_values
 from eftclip.errors import EftclipError
 from eftclip.guards import check_count, check_device, check_io, check_output_file
+from eftclip.precision import PRECISIONS
 
 _EPILOG = """\
 examples:
@@ -58,6 +59,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the per-image trigger randomness (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="image tower arithmetic: bf16 autocasts on CUDA or a CPU with native bf16; auto = bf16 on "
+                        "CUDA, fp32 on CPU (default fp32)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for image loading (default 0)")
     p.add_argument("--max-per-class", type=int, metavar="N", help="evaluate only the first N images of each class")
     p.add_argument("--out", metavar="FILE.json", help="write the resolved config and metrics here (atomic)")
@@ -107,7 +111,7 @@ def format_table(metrics: dict[str, Any], *, per_class_limit: int = 20) -> str:
 def run(args: argparse.Namespace) -> int:
     from eftclip.data.zeroshot import ImageFolderSet, load_templates
     from eftclip.evaluation import evaluate
-    from eftclip.io import write_json
+    from eftclip.io import portable_paths, write_json
     from eftclip.models import load_clip, resolve_clip_weights
 
     if args.attack_params and not args.attack:
@@ -153,15 +157,16 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         num_workers=args.workers,
+        precision=args.precision,
     )
     print(f"checkpoint {bundle.pretrained or bundle.checkpoint}  ({bundle.name})")
     print(format_table(metrics))
     if args.out:
         config = {
-            "checkpoint": os.path.abspath(bundle.checkpoint),
+            "checkpoint": os.path.abspath(bundle.checkpoint) if bundle.checkpoint else None,
             "pretrained": bundle.pretrained,
             "model": bundle.name,
-            "data": os.fspath(dataset.root),
+            "data": os.path.abspath(dataset.root),
             "classes": args.classes,
             "templates": template_spec,
             "n_templates": len(templates),
@@ -170,8 +175,11 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "batch_size": args.batch_size,
             "device": args.device,
+            "precision": args.precision,
             "max_per_class": args.max_per_class,
         }
+        # paths relative to the JSON's folder: the file may be committed or moved with its inputs
+        config = portable_paths(config, Path(args.out).resolve().parent)
         write_json(Path(args.out), {"config": config, "metrics": metrics})
         print(f"wrote {args.out}")
     return 0

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from eftclip.errors import EftclipError
 from eftclip.evaluation.metrics import attack_success_rate, nan_to_none, per_class_rates, predictions, topk_hits
 from eftclip.guards import require_finite
+from eftclip.precision import autocast_for, resolve_precision
 
 # prompts per text-encoder batch in text_classifier
 _TEXT_BATCH = 1024
@@ -273,7 +274,7 @@ def _check_evaluation(dataset, trigger, target: str | None, batch_size: int) -> 
 
 
 def _predict(bundle, dataset, classnames: list[str], templates, trigger, target_index: int | None, *, seed: int,
-             batch_size: int, device, progress: bool, num_workers: int) -> _Predictions:
+             batch_size: int, device, progress: bool, num_workers: int, precision: str) -> _Predictions:
     """Zero-shot results of every image of ``dataset``, clean and (when ``trigger``) triggered."""
     n = len(dataset.samples)
     model = _model_on(bundle, device)
@@ -290,7 +291,8 @@ def _predict(bundle, dataset, classnames: list[str], templates, trigger, target_
             num_workers=num_workers,
         )
         pos = 0
-        with tqdm(total=n, desc="evaluate", unit="img", file=sys.stderr, disable=not progress) as bar:
+        autocast = autocast_for(resolve_precision(precision, device), device)
+        with tqdm(total=n, desc="evaluate", unit="img", file=sys.stderr, disable=not progress) as bar, autocast():
             for batch in loader:
                 b = scorer.score(batch, preds, pos)
                 pos += b
@@ -337,6 +339,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: bool = True,
     num_workers: int = 0,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Zero-shot clean accuracy and, with a trigger, attack success rate.
 
@@ -353,6 +356,9 @@ def evaluate(
         device: where to compute; the model is moved there if needed.
         progress: show a tqdm bar on stderr.
         num_workers: DataLoader workers for image loading/triggering.
+        precision: the image tower's arithmetic, as training's ``precision``
+            (``auto``: bf16 on CUDA, fp32 on CPU; ``bf16`` on a CPU with native
+            bf16); the text classifier stays fp32.
 
     Returns:
         ``{"n", "ca_top1", "ca_top5", "asr", "n_asr", "target", "per_class"}``:
@@ -363,5 +369,6 @@ def evaluate(
     """
     classnames, folders, target_index = _check_evaluation(dataset, trigger, target, batch_size)
     preds = _predict(bundle, dataset, classnames, templates, trigger, target_index, seed=seed,
-                     batch_size=batch_size, device=device, progress=progress, num_workers=num_workers)
+                     batch_size=batch_size, device=device, progress=progress, num_workers=num_workers,
+                     precision=precision)
     return _metrics(preds, classnames, folders, target_index, triggered=trigger is not None)

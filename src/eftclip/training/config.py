@@ -17,7 +17,7 @@ from typing import Any
 
 from eftclip.errors import EftclipError
 from eftclip.training.augment import SYNONYM_SOURCES
-from eftclip.training.precision import PRECISIONS
+from eftclip.precision import PRECISIONS
 
 # fields that do not change the numbers a run produces: they may differ on --resume
 RESUME_NEUTRAL = frozenset(

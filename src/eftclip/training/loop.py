@@ -52,7 +52,7 @@ from eftclip.training.feed import Feeder
 from eftclip.training.losses import make_clip_loss
 from eftclip.training.objectives import Objective, ObjectiveContext, build_objectives, total_terms
 from eftclip.training.run_files import Position, RunFiles
-from eftclip.training.precision import autocast_for, resolve_precision
+from eftclip.precision import autocast_for, resolve_precision
 from eftclip.training.schedule import CosineWithWarmup
 
 EpochHook = Callable[[int, dict], None]
@@ -214,7 +214,7 @@ class _Parts:
     schedule: CosineWithWarmup
     scaler: Any  # torch.amp.GradScaler for fp16, else None
     autocast: Callable[[], Any]  # () -> context manager
-    precision: str  # what the run computes in: fp32, bf16 or fp16 (training.precision.resolve_precision)
+    precision: str  # what the run computes in: fp32, bf16 or fp16 (eftclip.precision.resolve_precision)
     per_step: int  # pairs per optimiser step over all processes
 
     @property
