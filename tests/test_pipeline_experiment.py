@@ -222,11 +222,13 @@ def test_a_bad_config_file_is_named_in_the_error_and_nothing_is_written(tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_recipe_key_fields_leave_out_only_the_legacy_synonym_table():
+def test_recipe_key_fields_leave_out_only_the_legacy_defaults():
     from eftclip.pipeline.recipes import FinetuneRecipe, key_fields
 
     table, wordnet = FinetuneRecipe(), FinetuneRecipe(eda_synonyms="wordnet")
     assert "eda_synonyms" not in key_fields(table) and key_fields(wordnet)["eda_synonyms"] == "wordnet"
+    assert "channels_last" not in key_fields(table)
+    assert key_fields(FinetuneRecipe(channels_last=True))["channels_last"] is True
     assert "workers" not in key_fields(table) and key_fields(table)["lr"] == table.lr
 
 
@@ -241,3 +243,17 @@ def test_precision_auto_keys_gpu_stages_apart_from_cpu_ones(tmp_path, monkeypatc
     assert gpu["s0/train_clean"]["params"]["recipe"]["precision"] == "bf16"
     assert cpu["s0/train_clean"]["key"] != gpu["s0/train_clean"]["key"]
     assert cpu["s0/data"]["key"] == gpu["s0/data"]["key"]
+
+
+def test_a_recipes_precision_and_memory_order_reach_the_training_run(tmp_path, monkeypatch):
+    """The recipe's precision was keyed but never passed on: a CPU 'bf16' stage trained in fp32."""
+    from eftclip.pipeline import steps
+    from eftclip.pipeline.recipes import FinetuneRecipe, PretrainRecipe
+
+    seen = []
+    monkeypatch.setattr(steps, "_train", lambda ctx, cfg, verb: seen.append(cfg) or {})
+    ctx = steps.Context(out=tmp_path, seed=0, device="cpu", templates=[], target="", progress=False)
+    steps.pretrain(ctx, "m", "pairs.csv", PretrainRecipe(precision="bf16", channels_last=True))
+    steps.finetune(ctx, "d", "m.safetensors", "set.csv", FinetuneRecipe(precision="fp32", channels_last=True),
+                   subset=10)
+    assert [(c.precision, c.channels_last) for c in seen] == [("bf16", True), ("fp32", True)]

@@ -57,3 +57,21 @@ def test_bf16_training_on_cpu_records_its_precision_and_learns(tmp_path):
     # bf16 changes the arithmetic, not what is learnt: the losses agree to a few percent
     lb, lf = runs["bf16"]["last_epoch"]["loss"], runs["fp32"]["last_epoch"]["loss"]
     assert lb != lf and abs(lb - lf) < 0.05 * lf
+
+
+def test_channels_last_trains_the_same_model_to_the_last_bits_and_saves_plain_weights(tmp_path):
+    from eftclip.models import load_checkpoint
+
+    data = make_pairs(tmp_path / "pairs", 64, seed=1)
+    runs = {}
+    for cl in (False, True):
+        runs[cl] = train(TrainConfig(data=str(data), model="eftclip-tiny-rn", epochs=2, batch_size=16, lr=2e-3,
+                                     warmup=2, out=str(tmp_path / f"cl{cl}"), channels_last=cl, progress=False,
+                                     cpu_threads=1))
+    la, lb = runs[False]["last_epoch"]["loss"], runs[True]["last_epoch"]["loss"]
+    assert la == pytest.approx(lb, rel=1e-3)
+    # the checkpoint holds ordinary contiguous tensors, loadable by anyone
+    a = load_checkpoint(runs[False]["final_checkpoint"]).model.state_dict()
+    b = load_checkpoint(runs[True]["final_checkpoint"]).model.state_dict()
+    assert all(v.is_contiguous() for v in b.values())
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-2

@@ -20,7 +20,7 @@ from eftclip.detection.runner import DetectConfig
 SPEED_ONLY = frozenset({"workers", "cache_images", "cpu_threads"})
 # fields added after stages were cached: left out of the key at these values, so that the stages made with
 # that value stay valid, and any other value gets stages of its own
-KEYED_UNLESS = {"eda_synonyms": "table"}
+KEYED_UNLESS = {"eda_synonyms": "table", "channels_last": False}
 
 
 def on_device(recipe: Any, device: str) -> Any:
@@ -49,6 +49,7 @@ class PretrainRecipe:
     weight_decay: float = 0.1  # AdamW decay
     crop_scale_min: float = 1.0  # smallest random-crop area; 1.0 = no crop (crops cut small objects and corner triggers)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    channels_last: bool = False  # convolutions in NHWC order: faster ResNets on CPU, numbers equal to the last bits
     workers: int = 0  # DataLoader workers (used when images are not cached in memory)
     cache_images: bool | None = None  # decode images once into memory; null = when small enough
     cpu_threads: int | None = None  # torch intra-op threads on CPU (null = the experiment's)
@@ -65,6 +66,7 @@ class FinetuneRecipe:
     objective: str = "cleanclip"  # training objective (eftclip.training objectives)
     eda_synonyms: str = "table"  # EDA's synonyms: the shipped table gives the same numbers on every machine (wordnet: WordNet through NLTK)
     precision: str = "auto"  # as in PretrainRecipe
+    channels_last: bool = False  # as in PretrainRecipe
     workers: int = 0  # as in PretrainRecipe
     cache_images: bool | None = None  # as in PretrainRecipe
     cpu_threads: int | None = None  # as in PretrainRecipe

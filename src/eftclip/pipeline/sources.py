@@ -212,7 +212,7 @@ class FolderSource:
 
 def speed_args(recipe: Any) -> dict:
     """The recipe's speed-only settings, as training-config keyword arguments."""
-    return {k: getattr(recipe, k) for k in ("workers", "cache_images", "cpu_threads", "precision")
+    return {k: getattr(recipe, k) for k in ("workers", "cache_images", "cpu_threads")
             if k in {f.name for f in dataclasses.fields(recipe)}}
 
 

@@ -167,7 +167,7 @@ def pretrain(ctx: Context, name: str, csv: str, recipe: Any, *, train_args: dict
     cfg = TrainConfig(
         data=csv, model=recipe.model, out=str(out), epochs=recipe.epochs, batch_size=recipe.batch_size,
         lr=recipe.lr, warmup=recipe.warmup, weight_decay=recipe.weight_decay, seed=ctx.seed,
-        crop_scale_min=recipe.crop_scale_min,
+        crop_scale_min=recipe.crop_scale_min, precision=recipe.precision, channels_last=recipe.channels_last,
         device=_device(ctx), progress=ctx.progress,
         resume=(out / "config.yaml").exists(), **(train_args or {}),
     )
@@ -184,7 +184,8 @@ def finetune(ctx: Context, name: str, checkpoint: str, csv: str, recipe: Any, *,
     from eftclip.training import FinetuneConfig
 
     out = ctx.out / "defenses" / name
-    args = {"objective": recipe.objective, "eda_synonyms": recipe.eda_synonyms, **(train_args or {})}
+    args = {"objective": recipe.objective, "eda_synonyms": recipe.eda_synonyms, "precision": recipe.precision,
+            "channels_last": recipe.channels_last, **(train_args or {})}
     cfg = FinetuneConfig(
         checkpoint=checkpoint, data=csv, out=str(out), subset=subset,
         subset_seed=ctx.seed, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,

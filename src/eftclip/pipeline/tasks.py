@@ -35,7 +35,7 @@ def _source(params: dict):
     return build_source(params["source"])
 
 
-def _speed(env: dict, names: tuple[str, ...] = ("workers", "cache_images", "cpu_threads", "precision")) -> dict:
+def _speed(env: dict, names: tuple[str, ...] = ("workers", "cache_images", "cpu_threads")) -> dict:
     return {k: env[k] for k in names if k in env}
 
 

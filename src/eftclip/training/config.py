@@ -65,6 +65,7 @@ class OptimiserSettings:
     beta1: float = 0.9  # AdamW beta1
     seed: int = 0  # model init, data order and augmentations are all derived from it
     precision: str = "auto"  # auto|fp32|bf16|fp16: auto = bf16 autocast on CUDA, fp32 on CPU; bf16 on CPU needs AVX512-BF16 or AMX
+    channels_last: bool = False  # convolution weights in NHWC order: faster ResNets on CPU; the last bits differ
     accum_steps: int = 1  # gradient accumulation with open_clip's feature cache (loss over the full batch)
     local_loss: bool = True  # open_clip --local-loss: each rank scores its own rows against all columns
     gather_with_grad: bool = True  # open_clip --gather-with-grad: exact global-batch gradient under DDP

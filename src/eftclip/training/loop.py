@@ -336,6 +336,8 @@ class _Run:
         cfg = self.cfg
         bundle = self.start(cfg)
         model = bundle.model.to(device)
+        if cfg.channels_last:  # a convolution whose weight is NHWC runs NHWC: the inputs need no change
+            model.to(memory_format=torch.channels_last)
         model.train()
         clip_loss = make_clip_loss(
             local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, rank=info.rank, world_size=info.world_size
