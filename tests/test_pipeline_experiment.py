@@ -232,6 +232,18 @@ def test_recipe_key_fields_leave_out_only_the_legacy_defaults():
     assert "workers" not in key_fields(table) and key_fields(table)["lr"] == table.lr
 
 
+def test_a_source_whose_settings_hold_a_recipe_keeps_its_keys_when_recipes_gain_a_field(tmp_path):
+    """The folder oracle's labeller recipe is hashed inside the source's settings: a field added to
+    PretrainRecipe since (channels_last) must not re-key every stage of a CIFAR-10 study."""
+    from eftclip.pipeline.sources import FolderOracleSpec, build_source, source_mapping
+
+    for split in ("train", "test"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+    mapping = source_mapping(build_source({"kind": "folder", "root": str(tmp_path)}))
+    assert "channels_last" not in mapping["oracle"]["labeller"]
+    assert mapping["oracle"]["labeller"]["model"] == FolderOracleSpec().labeller.model
+
+
 def test_precision_auto_keys_gpu_stages_apart_from_cpu_ones(tmp_path, monkeypatch):
     """auto is bf16 on CUDA and fp32 on CPU: a shared cache must not hand a CPU-made stage to a GPU run."""
     import torch

@@ -31,10 +31,20 @@ def on_device(recipe: Any, device: str) -> Any:
     return recipe
 
 
+def without_legacy_defaults(data: Any) -> Any:
+    """``data`` (plain dicts and lists, as hashed into cache keys) without the KEYED_UNLESS fields at those values,
+    at any depth: a recipe nested in a source's settings (the folder oracle's labeller) keeps its old keys too."""
+    if isinstance(data, dict):
+        return {k: without_legacy_defaults(v) for k, v in data.items()
+                if not (k in KEYED_UNLESS and v == KEYED_UNLESS[k])}
+    if isinstance(data, list):
+        return [without_legacy_defaults(v) for v in data]
+    return data
+
+
 def key_fields(recipe: Any) -> dict:
     """The recipe's fields that its stages' numbers depend on: its share of their cache keys."""
-    return {k: v for k, v in dataclasses.asdict(recipe).items()
-            if k not in SPEED_ONLY and not (k in KEYED_UNLESS and v == KEYED_UNLESS[k])}
+    return without_legacy_defaults({k: v for k, v in dataclasses.asdict(recipe).items() if k not in SPEED_ONLY})
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from eftclip.errors import EftclipError
-from eftclip.pipeline.recipes import PretrainRecipe
+from eftclip.pipeline.recipes import PretrainRecipe, without_legacy_defaults
 
 
 class Source(Protocol):
@@ -74,7 +74,7 @@ def source_mapping(source: Source) -> dict:
     from eftclip.config import to_dict
 
     kind = next(name for name, cls in SOURCES.items() if isinstance(source, cls))
-    return {"kind": kind, **to_dict(source.spec)}
+    return {"kind": kind, **without_legacy_defaults(to_dict(source.spec))}
 
 
 def _load_builtin_sources() -> None:
