@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eftclip.pipeline.goals import GoalThresholds
 from eftclip.pipeline.plan import Node, Plan
 from eftclip.pipeline.recipes import (
     DEFAULT_DEFENSES,
@@ -59,6 +60,7 @@ class ExperimentConfig:
     eval_batch_size: int = 256  # evaluation batch
     quick: bool = False  # a reduced preset: only the direction of each effect is meaningful
     time_goal_s: float | None = 900.0  # goal: the whole run within this many seconds of wall time (null = none)
+    goals: GoalThresholds = field(default_factory=GoalThresholds)  # the bars of the goals tables
 
 
 # --------------------------------------------------------------------------- the plan
@@ -282,9 +284,9 @@ def _run(cfg: ExperimentConfig, plan: Plan, cells: list[Cell], out: Path, *, res
     from eftclip.pipeline.run_folder import claim_folder
     from eftclip.pipeline.machine import machine_info
 
-    # settings that change how a run goes, not its numbers, may differ when a run is continued
+    # settings that change how a run goes (or how it is judged), not its numbers, may differ when a run is continued
     run_only = ("out", "cache", "device", "workers", "train_procs", "progress", "cpu_threads", "eval_workers",
-                "eval_batch_size")
+                "eval_batch_size", "goals")
     claim_folder(out, kind="experiment", config={k: v for k, v in to_dict(cfg).items() if k not in run_only},
                  resume=resume, force=force)
     write_config(out / "config.yaml", cfg)

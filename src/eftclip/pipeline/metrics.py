@@ -87,6 +87,6 @@ def collect(cfg: Any, plan: Plan, cells: list, results: dict, *, machine: dict, 
         "quick": cfg.quick,
         "cells": records,
         "summary": summary,
-        "goals": matrix_goals(summary),
+        "goals": matrix_goals(summary, cfg.goals),
         **timing,
     }
