@@ -36,6 +36,18 @@ def test_nested_differences_are_named_by_their_path(tmp_path):
                      resume=False, force=False)
 
 
+def test_a_field_added_since_at_its_old_value_is_no_difference(tmp_path):
+    """A run made before 'channels_last' existed (and with the legacy 'eda_synonyms: table' written out)
+    is the same configuration as today's at those values; another value is a difference."""
+    claim_folder(tmp_path, kind="experiment", config={"finetune": {"lr": 1, "eda_synonyms": "table"}},
+                 resume=False, force=False)
+    claim_folder(tmp_path, kind="experiment", config={"finetune": {"lr": 1, "channels_last": False}},
+                 resume=False, force=False)
+    with pytest.raises(EftclipError, match="finetune.channels_last"):
+        claim_folder(tmp_path, kind="experiment", config={"finetune": {"lr": 1, "channels_last": True}},
+                     resume=False, force=False)
+
+
 def test_resume_keeps_the_contents_and_force_wipes(tmp_path):
     out = tmp_path / "run"
     claim_folder(out, kind="demo", config={"seed": 0}, resume=False, force=False)

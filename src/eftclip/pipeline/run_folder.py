@@ -17,6 +17,7 @@ from typing import Any
 
 from eftclip.errors import EftclipError
 from eftclip.io import read_json, write_json
+from eftclip.pipeline.recipes import without_legacy_defaults
 
 
 def claim_folder(out: Path, *, kind: str, config: dict[str, Any], resume: bool, force: bool) -> None:
@@ -54,8 +55,10 @@ def _check_previous(out: Path, previous: dict, *, kind: str, config: dict, resum
         raise EftclipError(
             f"{out}: holds an eftclip {previous.get('kind')!r} run, not a {kind}; "
             "choose another --out, or pass --force to delete it")
-    if previous.get("config") != config and not resume:
-        diff = sorted(_diff_keys(previous.get("config", {}), config))
+    # a field added since, at the value every earlier run had, is no difference (recipes.KEYED_UNLESS)
+    before, now = without_legacy_defaults(previous.get("config", {})), without_legacy_defaults(config)
+    if before != now and not resume:
+        diff = sorted(_diff_keys(before, now))
         raise EftclipError(
             f"{out}: holds an eftclip {kind} run with another configuration "
             f"(differs in: {', '.join(diff[:8])}); pass --resume to continue it with the "
