@@ -48,6 +48,14 @@ def test_a_field_added_since_at_its_old_value_is_no_difference(tmp_path):
                      resume=False, force=False)
 
 
+def test_run_json_holds_paths_relative_to_the_folder_and_old_absolute_ones_still_match(tmp_path):
+    out, data = tmp_path / "run", tmp_path / "data.csv"
+    claim_folder(out, kind="defend", config={"data": str(data)}, resume=False, force=False)
+    assert json.loads((out / "run.json").read_text())["config"] == {"data": "../data.csv"}
+    (out / "run.json").write_text(json.dumps({"kind": "defend", "config": {"data": str(data)}}))
+    claim_folder(out, kind="defend", config={"data": str(data)}, resume=False, force=False)
+
+
 def test_resume_keeps_the_contents_and_force_wipes(tmp_path):
     out = tmp_path / "run"
     claim_folder(out, kind="demo", config={"seed": 0}, resume=False, force=False)

@@ -32,14 +32,15 @@ def closest_labels(detection: dict, n: int = 3) -> list[dict]:
     return sorted(judged, key=lambda e: (-e["share"], -e["judged"], e["label"]))[:n]
 
 
-def verdict(out: Path, detection: dict, target: str | None, recovery: dict | None = None) -> str:
+def verdict(detection: dict, target: str | None, recovery: dict | None = None) -> str:
     m = detection["metrics"]
     if target:
         found = f"backdoor found: target '{target}', {m['n_flagged']} of {m['n_images']} images flagged, "
         if (recovery or {}).get("mask_pixels", 0) == 0:
-            found += f"no trigger recovered (the recovered mask is empty; saved anyway in {out / 'trigger'})"
+            found += "no trigger recovered (the recovered mask is empty; saved anyway in trigger/ of the output folder)"
         else:
-            found += f"trigger recovered (mask and pattern saved as PNG: {out / 'trigger' / 'mask.png'}, pattern.png)"
+            # relative to the output folder: the verdict is written into files that may be moved or committed
+            found += "trigger recovered (mask and pattern saved as PNG: trigger/mask.png, trigger/pattern.png)"
         warned = len(m.get("warnings") or [])
         return found + (f"; detection gave {warned} warning(s) about this verdict (see report.md)"
                         if warned else "")
@@ -89,7 +90,7 @@ def collect(r, results: dict, ids: dict, target: str | None) -> dict:
     det = results["detect"]
     m = det["metrics"]
     rec = results[ids["recover"]]["summary"] if target else None
-    metrics = {"verdict": verdict(out, det, target, rec), "backdoor_found": bool(target), "target": target,
+    metrics = {"verdict": verdict(det, target, rec), "backdoor_found": bool(target), "target": target,
                "detection": {"K": m.get("K"), "n_flagged": m.get("n_flagged"), "n_images": m.get("n_images"),
                              "n_skipped": m.get("n_skipped"), "affected_labels": det.get("profile"),
                              "closest_labels": None if target else closest_labels(det),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from eftclip.errors import EftclipError
-from eftclip.io import read_json, write_json
+from eftclip.io import portable_paths, read_json, write_json
 from eftclip.pipeline.recipes import without_legacy_defaults
 
 
@@ -27,7 +27,8 @@ def claim_folder(out: Path, *, kind: str, config: dict[str, Any], resume: bool, 
     stages are kept); ``force`` deletes the folder's contents first.  Writes ``run.json``.
     """
     out = Path(out)
-    config = json.loads(json.dumps(config))  # plain JSON data, comparable
+    # plain JSON data, comparable; paths relative to the folder (run.json may be committed with it)
+    config = portable_paths(json.loads(json.dumps(config)), out.resolve())
     run_file = out / "run.json"
     if out.exists() and any(out.iterdir()):
         if not run_file.exists():
@@ -56,7 +57,9 @@ def _check_previous(out: Path, previous: dict, *, kind: str, config: dict, resum
             f"{out}: holds an eftclip {previous.get('kind')!r} run, not a {kind}; "
             "choose another --out, or pass --force to delete it")
     # a field added since, at the value every earlier run had, is no difference (recipes.KEYED_UNLESS)
-    before, now = without_legacy_defaults(previous.get("config", {})), without_legacy_defaults(config)
+    # (and a run.json written before paths were stored relative to the folder is read the same way)
+    before = without_legacy_defaults(portable_paths(previous.get("config", {}), out.resolve()))
+    now = without_legacy_defaults(config)
     if before != now and not resume:
         diff = sorted(_diff_keys(before, now))
         raise EftclipError(
