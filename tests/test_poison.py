@@ -218,6 +218,10 @@ def test_cli_poison(tmp_path, dataset, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["attack_params"]["size"] == 4 and manifest["attack_params"]["position"] == "top-left"
     assert len(list((out / "images").glob("*.png"))) == 6
+    # --no-progress: not one bar on stderr (train, detect and the pipeline verbs take it too)
+    rc = cli_main(["poison", "--data", str(dataset), "--attack", "badnet", "--target", "umbrella", "--num", "6",
+                   "--out", str(tmp_path / "quiet"), "--no-progress"])
+    assert rc == 0 and "poison (badnet)" not in capsys.readouterr().err
 
     rc = cli_main(["poison", "--data", str(dataset), "--attack", "badnet", "--attack-param", "size",
                    "--target", "umbrella", "--num", "1", "--out", str(tmp_path / "bad")])

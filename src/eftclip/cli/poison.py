@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--templates", help="JSON file with a list of caption templates, each with one '{}'")
     p.add_argument("--force", action="store_true", help="replace a different poisoning already in --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars on stderr (default: on)")
     p.add_argument("--image-key", help="name of the image column (default: detected)")
     p.add_argument("--caption-key", help="name of the caption column (default: detected)")
     p.add_argument("--sep", help="column separator (default: from the file extension)")
@@ -114,7 +116,7 @@ def _optimise_trojannn(args: argparse.Namespace, params: dict[str, str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from eftclip.attacks import create_trigger
-    from eftclip.attacks.poison import poison_dataset
+    from eftclip.progress import progress_bars
 
     params = parse_key_values(args.attack_param, "--attack-param")
     check_count(args.num, "--num", optional=False)
@@ -127,7 +129,21 @@ def run(args: argparse.Namespace) -> int:
             )
         params["pattern_file"] = _optimise_trojannn(args, params)
     trigger = create_trigger(args.attack, **params)
-    manifest = poison_dataset(
+    with progress_bars(args.progress):
+        manifest = _poison(args, trigger)
+    c = manifest["counts"]
+    print(
+        f"poisoned {c['poisoned']} of {c['rows']} rows ({c['clean']} clean) with {manifest['attack']} "
+        f"-> target {manifest['target']!r}; wrote {Path(args.out) / 'data.csv'} and "
+        f"{Path(args.out) / 'manifest.json'}"
+    )
+    return 0
+
+
+def _poison(args: argparse.Namespace, trigger) -> dict:
+    from eftclip.attacks.poison import poison_dataset
+
+    return poison_dataset(
         args.data,
         trigger,
         args.target,
@@ -142,11 +158,5 @@ def run(args: argparse.Namespace) -> int:
         caption_key=args.caption_key,
         sep=args.sep,
         force=args.force,
+        progress=args.progress,
     )
-    c = manifest["counts"]
-    print(
-        f"poisoned {c['poisoned']} of {c['rows']} rows ({c['clean']} clean) with {manifest['attack']} "
-        f"-> target {manifest['target']!r}; wrote {Path(args.out) / 'data.csv'} and "
-        f"{Path(args.out) / 'manifest.json'}"
-    )
-    return 0
