@@ -20,7 +20,6 @@ from eftclip.pipeline.goals import GoalThresholds
 from eftclip.pipeline.plan import Node, Plan
 from eftclip.pipeline.recipes import (
     DEFAULT_DEFENSES,
-    SPEED_ONLY,
     AttackSpec,
     DetectRecipe,
     FinetuneRecipe,
@@ -28,6 +27,7 @@ from eftclip.pipeline.recipes import (
     RoclipSpec,
     key_fields,
     on_device,
+    speed_fields,
 )
 
 
@@ -104,18 +104,10 @@ class _CellPlan:
         return self.cell.ids["recover"]
 
 
-def _numbers(recipe: Any) -> dict:
-    return key_fields(recipe)
-
-
 def _procs(cfg: ExperimentConfig) -> dict:
     """A training stage's share of the key from ``train_procs``: N processes give close, not equal, numbers
     (BatchNorm normalises over each rank's share of the batch), so N > 1 is cached apart; 1 adds nothing."""
     return {"procs": cfg.train_procs} if cfg.train_procs > 1 else {}
-
-
-def _speed(recipe: Any) -> dict:
-    return {k: v for k, v in dataclasses.asdict(recipe).items() if k in SPEED_ONLY and v is not None}
 
 
 def build_plan(cfg: ExperimentConfig, source: Any, templates: list[str], cache: Path) -> tuple[Plan, list[Cell]]:
@@ -142,9 +134,9 @@ def _seed_stages(plan: Plan, cfg: ExperimentConfig, src: dict, seed: int) -> dic
     data = plan.add(Node(id=f"s{seed}/data", kind="data", task="prepare_data", params={"source": src, "seed": seed},
                          label="make the data splits"))
     clean = plan.add(Node(id=f"s{seed}/train_clean", kind="pretrain", task="pretrain",
-                          params={"recipe": _numbers(cfg.pretrain), "seed": seed, "name": "clean", "csv": "train_csv",
+                          params={"recipe": key_fields(cfg.pretrain), "seed": seed, "name": "clean", "csv": "train_csv",
                                   **_procs(cfg)},
-                          needs={"data": data}, speed=_speed(cfg.pretrain), label="pre-train the clean CLIP"))
+                          needs={"data": data}, speed=speed_fields(cfg.pretrain), label="pre-train the clean CLIP"))
     oracle = plan.add(Node(id=f"s{seed}/oracle", kind="oracle", task="train_oracle",
                            params={"source": src, "seed": seed}, needs={"data": data},
                            label="train the oracle (clean reference split only)"))
@@ -168,9 +160,9 @@ def _cell_stages(plan: Plan, cfg: ExperimentConfig, src: dict, source: Any, temp
                                   needs={"data": ids["data"], "trigger": ids["trigger"]},
                                   label=f"poison {rate:.1%} of the training pairs"))
     ids["poisoned"] = plan.add(Node(id=f"{p}/train_poisoned", kind="pretrain", task="pretrain",
-                                    params={"recipe": _numbers(cfg.pretrain), "seed": seed, "name": "poisoned",
+                                    params={"recipe": key_fields(cfg.pretrain), "seed": seed, "name": "poisoned",
                                             "csv": "csv", **_procs(cfg)},
-                                    needs={"data": ids["poison"]}, speed=_speed(cfg.pretrain),
+                                    needs={"data": ids["poison"]}, speed=speed_fields(cfg.pretrain),
                                     label="pre-train the poisoned CLIP"))
     _detection_stages(plan, cfg, src, templates, cell,
                       cfg.detect.theta if cfg.detect.theta is not None else source.theta)
@@ -219,17 +211,17 @@ def _defense_stages(plan: Plan, cfg: ExperimentConfig, src: dict, cell: Cell) ->
         train_args = {"anchor_weight": spec.anchor_weight} if spec.anchor_weight else {}
         cell.ids[f"defense:{spec.name}"] = plan.add(Node(
             id=f"{cell.prefix}/finetune_{spec.name}", kind="finetune", task="finetune",
-            params={"recipe": _numbers(recipe), "seed": cell.seed, "name": spec.name, "train_args": train_args,
+            params={"recipe": key_fields(recipe), "seed": cell.seed, "name": spec.name, "train_args": train_args,
                     **_procs(cfg)},
-            needs={"model": cell.ids["poisoned"], "set": set_id}, speed=_speed(recipe),
+            needs={"model": cell.ids["poisoned"], "set": set_id}, speed=speed_fields(recipe),
             label=f"fine-tune: {spec.name} ({size} pairs)"))
     if cfg.roclip.attack == cell.attack.name:
         r = cfg.roclip
         cell.ids["defense:roclip"] = plan.add(Node(
             id=f"{cell.prefix}/train_roclip", kind="pretrain", task="pretrain",
-            params={"recipe": _numbers(cfg.pretrain), "seed": cell.seed, "name": "roclip", "csv": "csv",
+            params={"recipe": key_fields(cfg.pretrain), "seed": cell.seed, "name": "roclip", "csv": "csv",
                     "train_args": {"defense": "roclip", "roclip_pool_size": r.pool_size, "roclip_period": r.period}},
-            needs={"data": cell.ids["poison"]}, speed=_speed(cfg.pretrain), label="pre-train with RoCLIP"))
+            needs={"data": cell.ids["poison"]}, speed=speed_fields(cfg.pretrain), label="pre-train with RoCLIP"))
 
 
 def _evaluation_stages(plan: Plan, cfg: ExperimentConfig, templates: list[str], cell: Cell) -> None:

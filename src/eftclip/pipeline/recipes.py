@@ -47,6 +47,11 @@ def key_fields(recipe: Any) -> dict:
     return without_legacy_defaults({k: v for k, v in dataclasses.asdict(recipe).items() if k not in SPEED_ONLY})
 
 
+def speed_fields(recipe: Any) -> dict:
+    """The recipe's SPEED_ONLY fields that are set (not None), as training-config keyword arguments."""
+    return {k: v for k, v in dataclasses.asdict(recipe).items() if k in SPEED_ONLY and v is not None}
+
+
 @dataclass(frozen=True)
 class PretrainRecipe:
     """How a CLIP is pre-trained from scratch on caption pairs."""

@@ -9,13 +9,12 @@ folder (:class:`FolderSource`, CIFAR-10 or the user's own) are registered here b
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from eftclip.errors import EftclipError
-from eftclip.pipeline.recipes import PretrainRecipe, without_legacy_defaults
+from eftclip.pipeline.recipes import PretrainRecipe, speed_fields, without_legacy_defaults
 
 
 class Source(Protocol):
@@ -163,7 +162,7 @@ class FolderSource:
         ctx = steps.Context(out=folder, seed=seed, device=env.get("device", "cpu"), templates=[], target="",
                             progress=env.get("progress", True))
         recipe = self.spec.oracle.labeller
-        return steps.pretrain(ctx, "labeller", splits["reference_csv"], recipe, train_args=speed_args(recipe))
+        return steps.pretrain(ctx, "labeller", splits["reference_csv"], recipe, train_args=speed_fields(recipe))
 
     def oracle_args(self, oracle: dict, splits: dict, templates: list[str], device: str) -> dict:
         o = self.spec.oracle
@@ -210,10 +209,7 @@ class FolderSource:
                                    f"({', '.join(names)}); ASR needs the target among the classes")
 
 
-def speed_args(recipe: Any) -> dict:
-    """The recipe's speed-only settings, as training-config keyword arguments."""
-    return {k: getattr(recipe, k) for k in ("workers", "cache_images", "cpu_threads")
-            if k in {f.name for f in dataclasses.fields(recipe)}}
+
 
 
 def _eval_subset(test_root: Path, folder: Path, per_class: int) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from eftclip.pipeline import steps
-from eftclip.pipeline.recipes import DetectRecipe, FinetuneRecipe, PretrainRecipe
+from eftclip.pipeline.recipes import SPEED_ONLY, DetectRecipe, FinetuneRecipe, PretrainRecipe
 
 TASKS: dict[str, Callable[[Path, dict, dict, dict], Any]] = {}
 
@@ -35,8 +35,9 @@ def _source(params: dict):
     return build_source(params["source"])
 
 
-def _speed(env: dict, names: tuple[str, ...] = ("workers", "cache_images", "cpu_threads")) -> dict:
-    return {k: env[k] for k in names if k in env}
+def _speed(env: dict) -> dict:
+    """The stage's speed-only settings (recipes.SPEED_ONLY) that the executor put in ``env``."""
+    return {k: env[k] for k in SPEED_ONLY if k in env}
 
 
 @task
