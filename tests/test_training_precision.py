@@ -42,7 +42,7 @@ def test_unknown_precision_is_refused_naming_the_flag(tmp_path):
 
     cfg = TrainConfig(data=str(tmp_path / "x.csv"), model="eftclip-tiny-vit", out=str(tmp_path / "o"), precision="fp8")
     with pytest.raises(EftclipError, match="--precision: unknown 'fp8'"):
-        cfg._check_shared()
+        cfg.validate()
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
