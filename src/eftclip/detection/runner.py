@@ -124,7 +124,7 @@ def _models(cfg: DetectConfig, vocab: list[str], oracle, bundle):
         from eftclip.models import load_checkpoint
 
         bundle = load_checkpoint(cfg.checkpoint, device=cfg.device)
-    return ClipScorer(bundle, vocab, cfg.templates, cfg.device, cfg.batch_size), oracle
+    return ClipScorer(bundle, vocab, cfg.templates, cfg.device, cfg.batch_size, cfg.device_crops), oracle
 
 
 def _mark_folder(shard: Shard, cfg: DetectConfig, vocab: list[str]) -> None:

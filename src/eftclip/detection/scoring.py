@@ -18,9 +18,14 @@ from eftclip.detection.sources import ImageItem
 
 
 class ClipScorer:
-    """The poisoned CLIP as a ranker of vocabulary labels, for whole images and for crops."""
+    """The poisoned CLIP as a ranker of vocabulary labels, for whole images and for crops.
 
-    def __init__(self, bundle, vocab: Sequence[str], templates: Sequence[str], device: str, batch_size: int):
+    ``device_crops``: resize images and cut crops on ``device``
+    (:mod:`eftclip.oracles.device_crops`) instead of through PIL; None: on CUDA only.
+    """
+
+    def __init__(self, bundle, vocab: Sequence[str], templates: Sequence[str], device: str, batch_size: int,
+                 device_crops: bool | None = None):
         import torch
 
         from eftclip.evaluation.zeroshot import text_classifier
@@ -28,6 +33,7 @@ class ClipScorer:
         # crops are small and many: score them in larger batches than whole images
         self.bundle, self.vocab, self.device = bundle, list(vocab), device
         self.batch_size = max(int(batch_size), 64)
+        self.spec = _device_spec(bundle, device, device_crops)
         with torch.no_grad():
             self.classifier = text_classifier(bundle, self.vocab, list(templates), device)  # (C, D)
             scale = getattr(bundle.model, "logit_scale", None)
@@ -35,18 +41,81 @@ class ClipScorer:
 
     def rank(self, images: Sequence[Any], k: int) -> list[list[tuple[str, float]]]:
         """Top-``k`` ``(label, probability)`` per PIL image, best first (probabilities over the vocabulary)."""
-        import torch
-
         from eftclip.evaluation.zeroshot import image_features
 
         if not images:
             return []
+        return self._top(image_features(self.bundle, list(images), self.device, self.batch_size), k)
+
+    def upload(self, arrays: Sequence[np.ndarray]):
+        """The batch's HWC uint8 images on the device (``(B, 3, Hmax, Wmax)`` in [0, 1]), or None on the PIL path."""
+        from eftclip.oracles.device_crops import upload
+
+        return upload(arrays, self.device) if self.spec is not None and arrays else None
+
+    def rank_boxes(self, on_device, boxes: Sequence[Any], k: int) -> list[list[tuple[str, float]]]:
+        """Top-``k`` per crop, from the uploaded batch: ``boxes`` holds per image a ``(Ni, 4)`` tensor of
+        whole-pixel XYXY bounds (:func:`~eftclip.oracles.device_crops.pixel_bounds`); rows in image order."""
+        from eftclip.evaluation.zeroshot import image_features
+        from eftclip.oracles.device_crops import resize_boxes
+
+        if not sum(len(b) for b in boxes):
+            return []
+        inputs = resize_boxes(on_device, boxes, self.spec)
+        return self._top(image_features(self.bundle, inputs, self.device, self.batch_size), k)
+
+    def _top(self, feats, k: int) -> list[list[tuple[str, float]]]:
+        import torch
+
         with torch.no_grad():
-            feats = image_features(self.bundle, list(images), self.device, self.batch_size)  # (N, D)
             probs = (self.scale * feats.to(self.classifier) @ self.classifier.T).softmax(dim=-1)
             top = probs.topk(min(k, len(self.vocab)), dim=-1)
         vals, idx = top.values.cpu().tolist(), top.indices.cpu().tolist()
         return [[(self.vocab[j], round(float(v), 6)) for v, j in zip(vs, js)] for vs, js in zip(vals, idx)]
+
+
+def _device_spec(bundle, device: str, setting: bool | None):
+    from eftclip.errors import EftclipError
+    from eftclip.oracles.device_crops import clip_input, wants_device_crops
+
+    if not wants_device_crops(setting, device):
+        return None
+    spec = clip_input(bundle.preprocess_val)
+    if spec is None and setting:
+        raise EftclipError("--device-crops: the suspect CLIP's transform is not Resize + CenterCrop + Normalize, "
+                           "which only the PIL path reproduces; leave --device-crops unset")
+    return spec
+
+
+def _whole_images(arrays: Sequence[np.ndarray]) -> list:
+    import torch
+
+    return [torch.tensor([[0.0, 0.0, a.shape[1], a.shape[0]]]) for a in arrays]
+
+
+def _crop_labels(scorer: ClipScorer, arrays, on_device, boxes_per_image, crop_pad: float) -> list:
+    """CLIP's top label per box, per image (lists of ``[[label, probability]]``)."""
+    from PIL import Image
+
+    from eftclip.oracles.base import extract_crops
+
+    if on_device is not None:
+        import torch
+
+        from eftclip.oracles.device_crops import pixel_bounds
+
+        bounds = [pixel_bounds(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), a.shape[1], a.shape[0],
+                               pad=crop_pad, min_side=2) for a, boxes in zip(arrays, boxes_per_image)]
+        flat = scorer.rank_boxes(on_device, bounds, 1)
+    else:
+        crops = [Image.fromarray(c) for a, boxes in zip(arrays, boxes_per_image)
+                 for c in extract_crops(a, boxes, pad=crop_pad, min_side=2)]
+        flat = scorer.rank(crops, 1) if crops else []
+    out, start = [], 0
+    for boxes in boxes_per_image:
+        out.append([[list(x) for x in lab] for lab in flat[start : start + len(boxes)]])
+        start += len(boxes)
+    return out
 
 
 def examine_batch(
@@ -57,26 +126,21 @@ def examine_batch(
     crop_pad: float = 0.0,
 ) -> list[dict]:
     """Pass-1 records for a batch of ``(index, item, PIL image)``: CLIP's list, the oracle's finds, crop labels."""
-    from PIL import Image
-
-    from eftclip.oracles.base import extract_crops
-
     pils = [im for _, _, im in batch]
     arrays = [np.asarray(im, dtype=np.uint8) for im in pils]
-    ranked = scorer.rank(pils, prompt_tau)
+    on_device = scorer.upload(arrays)
+    if on_device is None:
+        ranked = scorer.rank(pils, prompt_tau)
+    else:
+        from eftclip.oracles.device_crops import pixel_bounds
+
+        whole = [pixel_bounds(b, a.shape[1], a.shape[0]) for b, a in zip(_whole_images(arrays), arrays)]
+        ranked = scorer.rank_boxes(on_device, whole, prompt_tau)
     results = oracle.find_batch(arrays, [[lab for lab, _ in r] for r in ranked])
     # an oracle often returns the same region for several prompts: crop and score each box once
-    crops, owners = [], []
-    for b, (arr, res) in enumerate(zip(arrays, results)):
-        boxes = list(dict.fromkeys(tuple(f.box_xyxy) for f in res.found))
-        for box, crop in zip(boxes, extract_crops(arr, boxes, pad=crop_pad, min_side=2)):
-            crops.append(Image.fromarray(crop))
-            owners.append((b, box))
-    crop_labels = scorer.rank(crops, 1) if crops else []
-    by_box = {o: [list(x) for x in lab] for o, lab in zip(owners, crop_labels)}
-    per_find = {
-        (b, j): by_box[(b, tuple(f.box_xyxy))] for b, res in enumerate(results) for j, f in enumerate(res.found)
-    }
+    boxes = [list(dict.fromkeys(tuple(f.box_xyxy) for f in res.found)) for res in results]
+    labels = _crop_labels(scorer, arrays, on_device, boxes, crop_pad)
+    by_box = {(b, box): lab for b in range(len(boxes)) for box, lab in zip(boxes[b], labels[b])}
     records = []
     for b, ((index, item, _), r, res) in enumerate(zip(batch, ranked, results)):
         finds = [
@@ -84,9 +148,9 @@ def examine_batch(
                 "label": f.label,
                 "score": round(float(f.score), 6),
                 "box": [round(float(v), 2) for v in f.box_xyxy],
-                "crop": per_find.get((b, j), []),
+                "crop": by_box.get((b, tuple(f.box_xyxy)), []),
             }
-            for j, f in enumerate(res.found)
+            for f in res.found
         ]
         records.append(
             {
@@ -100,4 +164,3 @@ def examine_batch(
             }
         )
     return records
-

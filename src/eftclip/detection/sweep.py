@@ -66,6 +66,7 @@ class SweepConfig:
     templates: tuple[str, ...] = field(default=("a photo of a {}.",), metadata=cli_flag("--template"))  # CLIP prompt templates
     batch_size: int = 32  # images per batch
     device: str = "cpu"  # torch device
+    device_crops: bool | None = None  # as in DetectConfig: crops cut and resized on the device; unset: on CUDA only
     max_images: int | None = None  # only the first N clean images
     seed: int = 0  # seed of the per-image trigger randomness
 
@@ -162,7 +163,7 @@ def _models(cfg: SweepConfig, vocab: list[str], oracle, bundle):
         from eftclip.models import load_checkpoint
 
         bundle = load_checkpoint(cfg.checkpoint, device=cfg.device)
-    return ClipScorer(bundle, vocab, cfg.templates, cfg.device, cfg.batch_size), oracle
+    return ClipScorer(bundle, vocab, cfg.templates, cfg.device, cfg.batch_size, cfg.device_crops), oracle
 
 
 def _decide_grid(cfg: SweepConfig, rho: int, mu: str, log: Path, clean_log: Path) -> list[dict]:

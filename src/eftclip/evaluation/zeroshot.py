@@ -123,7 +123,8 @@ def image_features(
 
     Args:
         bundle: a :class:`eftclip.models.ClipBundle`.
-        images: ``N`` PIL images (any mode; converted to RGB) or HWC uint8 RGB arrays.
+        images: ``N`` PIL images (any mode; converted to RGB) or HWC uint8 RGB arrays, or a
+            ``(N, 3, S, S)`` tensor of model inputs already resized and normalised.
         device: where to compute.
         batch_size: images per forward pass.
 
@@ -136,7 +137,9 @@ def image_features(
     out = []
     try:
         for start in range(0, len(images), batch_size):
-            x = torch.stack([bundle.preprocess_val(_to_pil(im)) for im in images[start:start + batch_size]])
+            chunk = images[start:start + batch_size]
+            x = chunk if isinstance(chunk, torch.Tensor) else torch.stack([bundle.preprocess_val(_to_pil(im))
+                                                                            for im in chunk])
             out.append(_encode(model, x.to(device)))
             require_finite(out[-1], f"{_model_label(bundle)}: image features")
     finally:

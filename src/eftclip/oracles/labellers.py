@@ -84,13 +84,22 @@ class ClipCropLabeller:
         import torch
         from PIL import Image
 
+        if not crops:
+            return torch.zeros((0, 1))
+        return self.encode(torch.stack([self.bundle.preprocess_val(Image.fromarray(c)) for c in crops]))
+
+    def encode(self, inputs):
+        """Unit image embeddings ``(N, D)`` (float32, on the model's device) of CLIP inputs
+        ``(N, 3, S, S)``, already resized and normalised (``preprocess_val`` or
+        :func:`eftclip.oracles.device_crops.resize_boxes`), ``batch_size`` at a time."""
+        import torch
+
         model = self.bundle.model
         device = next(model.parameters()).device
         out = []
         with torch.no_grad():
-            for i in range(0, len(crops), self.batch_size):
-                batch = torch.stack([self.bundle.preprocess_val(Image.fromarray(c)) for c in crops[i : i + self.batch_size]])
-                f = model.encode_image(batch.to(device)).float()
+            for i in range(0, len(inputs), self.batch_size):
+                f = model.encode_image(inputs[i : i + self.batch_size].to(device)).float()
                 out.append(f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12))
         return torch.cat(out) if out else torch.zeros((0, 1))
 
