@@ -142,3 +142,46 @@ def test_fastsam_release_name_from_ultralytics_weights_folder(weights, clean_cli
     shutil.copy(weights, tmp_path / "FastSAM-s.pt")
     oracle = create_oracle("fastsam", weights_path="FastSAM-s.pt", clip_checkpoint=clean_clip, imgsz=64)
     assert len(oracle.segment([images()[0]])) == 1
+
+
+def test_fastsam_on_device_equals_the_predictor_on_square_images(weights, clean_clip):
+    # images already imgsz square need no letterbox: the device path (forced on the CPU) must find the
+    # predictor's masks exactly; only the crops' resampling (roi_align, not PIL) moves the scores
+    kw = dict(weights_path=weights, clip_checkpoint=clean_clip, vocabulary=["tree", "house"], imgsz=160, conf=0.0,
+              max_det=12, min_area=0.0, min_score=0.0, nms_iou=1.0)
+    host, dev = create_oracle("fastsam", **kw), create_oracle("fastsam", device_crops=True, **kw)
+    assert host.on_device is None and dev.on_device is not None
+    rng = np.random.default_rng(0)
+    ims = [rng.integers(0, 256, (160, 160, 3), dtype=np.uint8) for _ in range(2)]
+    ims[0][10:40, 5:30] = (200, 30, 30)
+    from eftclip.oracles.device_crops import upload
+
+    segmenter, _ = dev.on_device
+    for (bh, ch, mh), (bd, cd, md) in zip(host.segment(ims), segmenter(upload(ims, "cpu"), [(160, 160)] * 2)):
+        assert len(bh) == len(bd) >= 5
+        assert np.allclose(bh, bd.numpy(), atol=1e-3) and np.allclose(ch, cd.numpy(), atol=1e-5)
+        assert np.array_equal(mh, md.numpy())
+    prompts = [["red square", "dog"]] * 2
+    for rh, rd in zip(host.find_batch(ims, prompts), dev.find_batch(ims, prompts)):
+        assert [(f.label, f.box_xyxy) for f in rh.found] == [(f.label, f.box_xyxy) for f in rd.found]
+        assert np.allclose([f.score for f in rh.found], [f.score for f in rd.found], atol=0.005)
+        assert all(np.array_equal(f.mask, g.mask) for f, g in zip(rh.found, rd.found))
+    lean = create_oracle("fastsam", device_crops=True, keep_masks=False, **kw)
+    assert all(f.mask is None for r in lean.find_batch(ims, prompts) for f in r.found)
+
+
+def test_fastsam_device_letterbox_matches_ultralytics():
+    from ultralytics.data.augment import LetterBox
+
+    from eftclip.oracles.device_crops import upload
+    from eftclip.oracles.fastsam_device import letterbox
+
+    rng = np.random.default_rng(0)
+    for h, w in ((120, 200), (97, 61), (33, 480), (160, 160)):
+        yy, xx = np.mgrid[:h, :w]
+        im = np.clip(np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) % 256], 2) + rng.normal(0, 20, (h, w, 3)), 0, 255)
+        im = im.astype(np.uint8)
+        ref = LetterBox(160, auto=False, stride=32)(image=np.ascontiguousarray(im[:, :, ::-1]))[:, :, ::-1]
+        ours = letterbox(upload([im], "cpu"), [(h, w)], 160)[0].permute(1, 2, 0).numpy() * 255
+        # the same geometry and padding; OpenCV's fixed-point bilinear differs by at most one grey level
+        assert np.abs(ref.astype(int) - ours.round().astype(int)).max() <= 1

@@ -97,6 +97,11 @@ class FastSAMOracle(BaseOracle):
     ``"masked"``; ``pad``: box growth; ``min_area``: smallest mask box kept, as a
     fraction of the image.  ``nms_iou``: per-prompt suppression of duplicates.
     ``min_score``: findings below it are dropped (theta is the caller's).
+    ``device_crops``: letterbox, post-process, crop and name on the device
+    (:mod:`eftclip.oracles.fastsam_device`, :mod:`eftclip.oracles.device_crops`)
+    instead of through ultralytics' predictor, OpenCV and PIL; None: on CUDA only.
+    ``keep_masks``: give each finding its HW bool mask; off, the device path copies
+    no mask to the host (the detection step reads boxes and scores only).
 
     A finding's score is the clean CLIP's softmax probability of the prompt for
     the mask's crop (over prompts + vocabulary); its box is the mask's box from
@@ -125,6 +130,8 @@ class FastSAMOracle(BaseOracle):
         nms_iou: float = 0.7,
         min_score: float = 0.05,
         device: str = "cpu",
+        device_crops: bool | None = None,
+        keep_masks: bool = True,
     ):
         super().__init__(min_score=min_score)
         weights = _weights_file(weights_path)
@@ -157,6 +164,26 @@ class FastSAMOracle(BaseOracle):
         self.crop, self.pad = crop, float(pad)
         self.min_area = float(min_area)
         self.nms_iou = float(nms_iou)
+        self.keep_masks = bool(keep_masks)
+        self.on_device = self._device_pipeline(device_crops, device)
+
+    def _device_pipeline(self, setting: bool | None, device: str):
+        """``(DeviceSegmenter, ClipInput)`` when the device path is on, else None."""
+        from eftclip.oracles.device_crops import clip_input, wants_device_crops
+        from eftclip.oracles.fastsam_device import DeviceSegmenter
+
+        if not wants_device_crops(setting, device):
+            return None
+        spec = clip_input(self.labeller.bundle.preprocess_val)
+        if spec is None:
+            if setting:
+                raise EftclipError("device_crops: the clean CLIP's transform is not Resize + CenterCrop + "
+                                   "Normalize, which only the PIL path reproduces; leave device_crops unset")
+            return None
+        p = self.predict_kwargs
+        seg = DeviceSegmenter(self.model.model, imgsz=p["imgsz"], conf=p["conf"], iou=p["iou"],
+                              max_det=p["max_det"], device=device)
+        return seg, spec
 
     def segment(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """FastSAM's masks for HWC uint8 RGB images: per image ``(boxes (N, 4) XYXY
@@ -178,33 +205,64 @@ class FastSAMOracle(BaseOracle):
         return out
 
     def _find_batch(self, images: list[np.ndarray], prompts_per_image: list[list[str]]) -> list[OracleResult]:
-        segs = self.segment(images)
-        # crops of the whole batch go through CLIP's image tower together
-        all_crops, spans, kept = [], [], []
-        for im, (boxes, _conf, masks) in zip(images, segs):
+        regions, feats = self._regions_on_device(images) if self.on_device else self._regions_on_host(images)
+        results, start = [], 0
+        for prompts, (boxes, masks) in zip(prompts_per_image, regions):
+            n = len(boxes)
+            results.append(self._name(prompts, boxes, masks, feats[start : start + n]) if n else OracleResult([], []))
+            start += n
+        return results
+
+    def _regions_on_host(self, images: list[np.ndarray]):
+        """Per image ``(boxes [XYXY], masks [HW bool])`` of the masks kept, and the crops' unit CLIP
+        features ``(N, D)`` in image order: ultralytics' predictor, numpy crops, PIL preprocessing."""
+        all_crops, regions = [], []
+        for im, (boxes, _conf, masks) in zip(images, self.segment(images)):
             h, w = im.shape[:2]
             boxes = [clip_box(b, w, h) for b in boxes]
             keep = [i for i, b in enumerate(boxes) if (b[2] - b[0]) * (b[3] - b[1]) >= self.min_area * h * w]
-            sel_boxes = [boxes[i] for i in keep]
-            sel_masks = [masks[i] for i in keep]
-            crops = extract_crops(im, sel_boxes, masks=sel_masks if self.crop == "masked" else None, pad=self.pad)
-            spans.append((len(all_crops), len(all_crops) + len(crops)))
-            all_crops.extend(crops)
-            kept.append((sel_boxes, sel_masks))
-        feats = self.labeller.image_features(all_crops) if all_crops else None
-        results = []
-        for prompts, (a, b), (boxes, masks) in zip(prompts_per_image, spans, kept):
-            if b == a:
-                results.append(OracleResult([], []))
+            sel_boxes, sel_masks = [boxes[i] for i in keep], [masks[i] for i in keep]
+            all_crops.extend(extract_crops(im, sel_boxes, masks=sel_masks if self.crop == "masked" else None,
+                                           pad=self.pad))
+            regions.append((sel_boxes, sel_masks if self.keep_masks else [None] * len(keep)))
+        # crops of the whole batch go through CLIP's image tower together
+        return regions, self.labeller.image_features(all_crops) if all_crops else None
+
+    def _regions_on_device(self, images: list[np.ndarray]):
+        """What :meth:`_regions_on_host` returns, with letterbox, masks, crops and CLIP on the device;
+        only boxes (and masks with ``keep_masks``) come back to the host."""
+        import torch
+
+        from eftclip.oracles.device_crops import pixel_bounds, resize_boxes, upload
+
+        segmenter, spec = self.on_device
+        sizes = [im.shape[:2] for im in images]
+        dev = upload(images, segmenter.net_device)
+        bounds, masks, regions = [], [], []
+        for (boxes, _conf, m), (h, w) in zip(segmenter(dev, sizes), sizes):
+            boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                                 boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
+            keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) >= self.min_area * h * w
+            boxes, m = boxes[keep], m[keep]
+            bounds.append(pixel_bounds(boxes, w, h, pad=self.pad))
+            masks.append(m)
+            host = [tuple(float(v) for v in b) for b in boxes.double().cpu().tolist()]
+            regions.append((host, list(m.cpu().numpy()) if self.keep_masks else [None] * len(host)))
+        if not any(len(b) for b in bounds):
+            return regions, None
+        crops = resize_boxes(dev, bounds, spec, masks=masks if self.crop == "masked" else None)
+        return regions, self.labeller.encode(crops)
+
+    def _name(self, prompts: list[str], boxes: list, masks: list, feats) -> OracleResult:
+        """The findings of one image: each prompt's softmax probability per region (over prompts and
+        vocabulary), above ``min_score``, duplicates suppressed per prompt."""
+        names = list(prompts) + [v for v in self.labeller.vocabulary if v not in prompts]
+        probs = self.labeller.probs_from_features(feats, names)[:, : len(prompts)]
+        found = []
+        for j, prompt in enumerate(prompts):
+            idx = np.nonzero(probs[:, j] >= self.min_score)[0]
+            if idx.size == 0:
                 continue
-            names = list(prompts) + [v for v in self.labeller.vocabulary if v not in prompts]
-            probs = self.labeller.probs_from_features(feats[a:b], names)[:, : len(prompts)]
-            found = []
-            for j, prompt in enumerate(prompts):
-                idx = np.nonzero(probs[:, j] >= self.min_score)[0]
-                if idx.size == 0:
-                    continue
-                for k in idx[nms(np.array([boxes[i] for i in idx]), probs[idx, j], self.nms_iou)]:
-                    found.append(Found(prompt, float(probs[k, j]), boxes[k], masks[k]))
-            results.append(OracleResult(found, []))
-        return results
+            for k in idx[nms(np.array([boxes[i] for i in idx]), probs[idx, j], self.nms_iou)]:
+                found.append(Found(prompt, float(probs[k, j]), boxes[k], masks[k]))
+        return OracleResult(found, [])
