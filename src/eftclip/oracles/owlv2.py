@@ -58,7 +58,6 @@ class Owlv2Oracle(BaseOracle):
 
     def _find_batch(self, images: list[np.ndarray], prompts_per_image: list[list[str]]) -> list[OracleResult]:
         import torch
-        from PIL import Image
 
         results: list[OracleResult] = []
         for idx in chunks(list(range(len(images))), self.batch_size):
@@ -68,7 +67,11 @@ class Owlv2Oracle(BaseOracle):
             # pad each image's queries with copies of its first prompt (never a foreign one),
             # so a padded query can only ever win as that same prompt
             queries = [[self.query_template.format(q) for q in p + [p[0]] * (most - len(p))] for p in prompts]
-            inputs = self.processor(text=queries, images=[Image.fromarray(im) for im in ims], return_tensors="pt")
+            # CHW uint8 tensors already on the device: transformers' torchvision image processor then
+            # resizes and pads there (device=...), not image by image on the host
+            pixels = [torch.from_numpy(np.require(im, requirements=["C", "W"])).to(self.device).permute(2, 0, 1)
+                      for im in ims]
+            inputs = self.processor(text=queries, images=pixels, return_tensors="pt", device=self.device)
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             with torch.no_grad():
                 outputs = self.model(**inputs)
