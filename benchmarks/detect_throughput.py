@@ -15,9 +15,13 @@ Prints a table, optionally writes JSON (``--json``); never asserts.
     python benchmarks/detect_throughput.py [--device cpu|cuda] [--precision fp32|bf16]
         [--backends fastsam,owlv2] [--batch-sizes 1,32] [--images N] [--image-size PX]
         [--model NAME] [--fastsam-size s|tiny] [--fastsam-imgsz 640]
-        [--owlv2-size base|tiny] [--owlv2-px 768] [--finds-per-image 32] [--seconds S] [--json FILE]
+        [--owlv2-size base|tiny] [--owlv2-px 768] [--finds-per-image 32] [--seconds S]
+        [--device-crops | --no-device-crops] [--json FILE]
 
-Backends: ``fastsam`` (FastSAM-s, or a tiny one, at ``--fastsam-imgsz``) and
+Backends: ``fastsam`` (FastSAM-s, or a tiny one, at ``--fastsam-imgsz``; its
+letterbox, masks, crops and CLIP naming on the device with ``--device-crops``,
+the default on CUDA), ``fastsam-predictor`` (the same network through
+ultralytics' predictor, numpy crops and PIL, the path the device one replaces) and
 ``owlv2`` (OWLv2-base, ViT-B/16, or a tiny one, at ``--owlv2-px``; the released
 ``google/owlv2-base-patch16-ensemble`` takes 960 px) are built from random
 weights made here (``bench_oracles.py``; nothing is downloaded); ``reference``
@@ -60,7 +64,7 @@ SHARED = ROOT / ".." / "shared"
 VOCAB = ["person", "dog", "cat", "car", "bicycle", "boat", "umbrella", "horse", "bird", "bus", "train", "kite",
          "giraffe", "chair", "cup", "bottle", "tree", "sky", "road", "water"]
 TEMPLATES = ["a photo of a {}."]
-BACKENDS = ("reference", "reference-clip", "onnx-detector", "fastsam", "owlv2")
+BACKENDS = ("reference", "reference-clip", "onnx-detector", "fastsam", "fastsam-predictor", "owlv2")
 
 
 class MeanColourLabeller:
@@ -148,16 +152,18 @@ def build_backend(name: str, args, bundle, tmp: Path):
         folder = SHARED / "models" / "fastestdet"
         return create_oracle("onnx-detector", model_path=str(folder / "FastestDet.onnx"),
                              classnames_path=str(folder / "coco.names")), "FastestDet (onnxruntime)"
-    if name == "fastsam":
+    if name in ("fastsam", "fastsam-predictor"):
         sys.path.insert(0, str(HERE.parent))
         from bench_oracles import fastsam_weights
 
+        on_device = device_crops(name, args)
         weights = fastsam_weights(tmp / "fastsam", args.fastsam_size, imgsz=args.fastsam_imgsz)
         oracle = create_oracle("fastsam", weights_path=weights, clip_bundle=bundle, vocabulary=VOCAB,
                                imgsz=args.fastsam_imgsz, conf=0.0, max_det=args.finds_per_image,
-                               batch_size=bs, device=args.device)
+                               batch_size=bs, device=args.device, device_crops=on_device, keep_masks=False)
+        path = "on the device" if on_device else "through ultralytics' predictor and PIL"
         return oracle, (f"FastSAM-{args.fastsam_size} (random weights) at {args.fastsam_imgsz} px, "
-                        f"masks named by {args.model}")
+                        f"masks named by {args.model}, {path}")
     if name == "owlv2":
         sys.path.insert(0, str(HERE.parent))
         from bench_oracles import owlv2_folder
@@ -168,6 +174,13 @@ def build_backend(name: str, args, bundle, tmp: Path):
         label = "OWLv2-base (ViT-B/16)" if args.owlv2_size == "base" else "OWLv2-tiny"
         return oracle, f"{label} (random weights) at {args.owlv2_px} px"
     raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+
+
+def device_crops(name: str, args) -> bool:
+    """Whether backend ``name`` cuts and resizes crops on the device (the predictor baseline never does)."""
+    from eftclip.oracles.device_crops import wants_device_crops
+
+    return name != "fastsam-predictor" and wants_device_crops(args.device_crops, args.device)
 
 
 def measure(pics, bs, scorer, oracle, args, autocast, sync) -> dict:
@@ -237,6 +250,8 @@ def main(argv=None) -> int:
     ap.add_argument("--finds-per-image", type=int, default=32, help="the load: finds kept per image (default 32)")
     ap.add_argument("--tau", type=int, default=5)
     ap.add_argument("--theta", type=float, default=0.3)
+    ap.add_argument("--device-crops", action=argparse.BooleanOptionalAction, default=None,
+                    help="cut and resize crops (and FastSAM's letterbox and masks) on --device; default: on CUDA")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
@@ -272,7 +287,6 @@ def main(argv=None) -> int:
 
     t_build = time.perf_counter()
     bundle = create_model(args.model, device=args.device, seed=0)
-    scorer = ClipScorer(bundle, VOCAB, TEMPLATES, args.device, max(args.batch_sizes))
     pics, source = load_images(args)
     rows, failed, described = [], {}, {}
 
@@ -289,7 +303,7 @@ def main(argv=None) -> int:
             "command": shlex.join([sys.executable, *sys.argv]),
             "device": args.device, "precision": args.precision, "model": args.model, "tau": args.tau,
             "theta": args.theta, "images": len(pics), "seconds": args.seconds, "source": source,
-            "finds_per_image_cap": args.finds_per_image, "torch": torch.__version__,
+            "finds_per_image_cap": args.finds_per_image, "device_crops": args.device_crops, "torch": torch.__version__,
             "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
             "backends": {name: {"description": described[name], "best_images_per_s": best[name]["images_per_s"],
                                 "best_batch_size": best[name]["batch_size"],
@@ -312,6 +326,7 @@ def main(argv=None) -> int:
                 failed[name] = f"{type(exc).__name__}: {exc}"[:200]
                 continue
             wrapped = TopFinds(oracle, args.finds_per_image)
+            scorer = ClipScorer(bundle, VOCAB, TEMPLATES, args.device, max(args.batch_sizes), device_crops(name, args))
             for bs in args.batch_sizes:
                 rows.append({"backend": name, **measure(pics, bs, scorer, wrapped, args, autocast, sync)})
                 r = rows[-1]

@@ -30,6 +30,7 @@ from pathlib import Path
 TRAIN_RATIO_GOAL = 1.2  # eftclip train / open_clip_train samples/s, same model, data and precision
 DETECT_GOALS = {"fastsam": 1000.0, "owlv2": 400.0}  # images/s of the whole detection step
 DETECT_NAMES = {"fastsam": "FastSAM-s", "owlv2": "OWLv2-base"}
+BASELINES = {"fastsam": "fastsam-predictor"}  # the path a goal's backend replaces, measured beside it
 
 
 def _version(dist: str) -> str | None:
@@ -147,10 +148,19 @@ def goals(parts: list[dict]) -> list[dict]:
             "goal": f"detection with {DETECT_NAMES[name]}: >= {goal:,.0f} images/s",
             "measured": f"{ips:,.1f} images/s (batch {b['best_batch_size']})" if ok else "not measured",
             "status": ("PASS" if ips >= goal else "MISS") if ok else "not measured",
-            "note": (b["description"] + ("" if b["complete"] else "; stopped early: the best batch size that finished"))
-            if b else "",
+            "note": "; ".join(_detect_notes(b, detected.get(BASELINES.get(name)))) if b else "",
         })
     return rows
+
+
+def _detect_notes(b: dict, baseline: dict | None) -> list[str]:
+    notes = [b["description"]]
+    if not b["complete"]:
+        notes.append("stopped early: the best batch size that finished")
+    base = baseline.get("best_images_per_s") if baseline else None
+    if _finite_positive(base) and _finite_positive(b.get("best_images_per_s")):
+        notes.append(f"{b['best_images_per_s'] / base:.2f}x the {baseline['description']} ({base:,.1f} images/s)")
+    return notes
 
 
 def read_parts_tsv(path: Path) -> list[dict]:

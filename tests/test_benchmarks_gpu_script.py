@@ -91,6 +91,11 @@ def test_goals_pass_miss_and_not_measured():
     early = dict(_detect("owlv2", 500.0), complete=False)
     row = {r["goal"]: r for r in gpu_report.goals([early])}["detection with OWLv2-base: >= 400 images/s"]
     assert row["status"] == "PASS" and "stopped early" in row["note"]
+    # the predictor path measured beside the device one: its ratio in the note
+    both = _detect("fastsam", 1200.0)
+    both["backends"].update(_detect("fastsam-predictor", 300.0)["backends"])
+    row = {r["goal"]: r for r in gpu_report.goals([both])}["detection with FastSAM-s: >= 1,000 images/s"]
+    assert row["status"] == "PASS" and "4.00x the fastsam-predictor at size (300.0 images/s)" in row["note"]
 
 
 def test_report_writes_json_and_markdown_naming_every_goal(tmp_path):
@@ -148,8 +153,12 @@ def test_dry_run_measures_every_part(tmp_path):
     dets = {name: b for p in detect_parts for name, b in p["backends"].items()}
     failed = {name: why for p in result["parts"] if p["benchmark"] == "detect_throughput"
               for name, why in p["not_measured"].items()}
-    buildable = {"fastsam": importlib.util.find_spec("ultralytics") is not None,
+    have_ultralytics = importlib.util.find_spec("ultralytics") is not None
+    buildable = {"fastsam": have_ultralytics, "fastsam-predictor": have_ultralytics,
                  "owlv2": importlib.util.find_spec("transformers") is not None}
+    if have_ultralytics:  # the device path on the CPU, beside the predictor it replaces
+        assert "on the device" in dets["fastsam"]["description"]
+        assert "predictor" in dets["fastsam-predictor"]["description"]
     for name, can in buildable.items():
         if can:
             assert name in dets, failed.get(name)
@@ -166,3 +175,5 @@ def test_dry_run_measures_every_part(tmp_path):
         if "FastSAM" in g["goal"] and not buildable["fastsam"] or "OWLv2" in g["goal"] and not buildable["owlv2"]:
             continue
         assert g["status"] in ("PASS", "MISS"), g
+        if "FastSAM" in g["goal"]:
+            assert "x the FastSAM-tiny" in g["note"], g  # the ratio to the predictor path
