@@ -16,6 +16,7 @@ built-in world train fast on CPU.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -134,11 +135,27 @@ class PairDataset:
         epoch, i = key
         image = self.base_image(i)
         caption = self.pairs.captions[i]
-        gen = torch.Generator().manual_seed(sample_seed(self.seed, epoch, i))
-        rng = np.random.default_rng([self.seed, epoch, i, 11])
         item: dict[str, Any] = {"text": caption}
-        item.update(ITEM_KINDS[self.mode].make(self, image, caption, gen, rng))
+        item.update(ITEM_KINDS[self.mode].make(self, image, caption, SampleRandom(self.seed, epoch, i)))
         return item
+
+
+class SampleRandom:
+    """One sample's generators, made on first use: a plain pass draws nothing, and making
+    both costs about as much as the rest of the item (they depend on ``(seed, epoch, index)`` only)."""
+
+    def __init__(self, seed: int, epoch: int, index: int):
+        self.key = (seed, epoch, index)
+
+    @functools.cached_property
+    def gen(self) -> torch.Generator:
+        """torch generator for image augmentations."""
+        return torch.Generator().manual_seed(sample_seed(*self.key))
+
+    @functools.cached_property
+    def rng(self) -> np.random.Generator:
+        """numpy generator for caption augmentations (EDA)."""
+        return np.random.default_rng([*self.key, 11])
 
 
 # ---------------------------------------------------------------- what an item holds, per mode
@@ -148,26 +165,26 @@ class PairDataset:
 class ItemKind:
     """How a dataset mode turns one pair into an item (beside ``text``, the caption)."""
 
-    make: Callable[["PairDataset", torch.Tensor, str, torch.Generator, np.random.Generator], dict]  # -> item fields
+    make: Callable[["PairDataset", torch.Tensor, str, SampleRandom], dict]  # -> item fields
     needs_eda: Callable[[bool], bool]  # (augment) -> whether the mode varies captions with EDA
 
 
-def _plain_item(ds: "PairDataset", image, caption, gen, rng) -> dict:
+def _plain_item(ds: "PairDataset", image, caption, rand) -> dict:
     return {"image": image}
 
 
-def _crop_item(ds: "PairDataset", image, caption, gen, rng) -> dict:
-    return {"image": image if ds.crop_scale[0] >= 1.0 else _random_resized_crop(image, gen, scale=ds.crop_scale)}
+def _crop_item(ds: "PairDataset", image, caption, rand) -> dict:
+    return {"image": image if ds.crop_scale[0] >= 1.0 else _random_resized_crop(image, rand.gen, scale=ds.crop_scale)}
 
 
-def _cleanclip_item(ds: "PairDataset", image, caption, gen, rng) -> dict:
-    return {"image": image, "aug_image": ds.autoaugment(image, gen), "aug_text": ds.eda.augment(caption, rng)}
+def _cleanclip_item(ds: "PairDataset", image, caption, rand) -> dict:
+    return {"image": image, "aug_image": ds.autoaugment(image, rand.gen), "aug_text": ds.eda.augment(caption, rand.rng)}
 
 
-def _roclip_item(ds: "PairDataset", image, caption, gen, rng) -> dict:
+def _roclip_item(ds: "PairDataset", image, caption, rand) -> dict:
     if not ds.augment:
         return {"image": image}
-    return {"image": simclr_augment(image, gen), "text": ds.eda.augment(caption, rng)}
+    return {"image": simclr_augment(image, rand.gen), "text": ds.eda.augment(caption, rand.rng)}
 
 
 ITEM_KINDS: dict[str, ItemKind] = {
