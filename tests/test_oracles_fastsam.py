@@ -9,6 +9,7 @@ import pytest
 
 from eftclip.errors import EftclipError
 from eftclip.oracles import create_oracle
+from eftclip.threads import torch_threads
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 ultralytics = pytest.importorskip("ultralytics")
@@ -166,6 +167,11 @@ def test_fastsam_on_device_equals_the_predictor_on_square_images(weights, clean_
         assert [(f.label, f.box_xyxy) for f in rh.found] == [(f.label, f.box_xyxy) for f in rd.found]
         assert np.allclose([f.score for f in rh.found], [f.score for f in rd.found], atol=0.005)
         assert all(np.array_equal(f.mask, g.mask) for f, g in zip(rh.found, rd.found))
+    import torch
+
+    with torch_threads(2):  # ultralytics' CPU device selection (cores - 1 threads) does not leak out
+        host.segment(ims)
+        assert torch.get_num_threads() == 2
     lean = create_oracle("fastsam", device_crops=True, keep_masks=False, **kw)
     assert all(f.mask is None for r in lean.find_batch(ims, prompts) for f in r.found)
 

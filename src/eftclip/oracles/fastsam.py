@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from eftclip.errors import EftclipError, MissingExtraError
+from eftclip.threads import torch_threads
 from eftclip.oracles.base import BaseOracle, Found, OracleResult, chunks, clip_box, extract_crops, nms
 from eftclip.oracles.labellers import DEFAULT_TEMPLATES, ClipCropLabeller, clip_labeller_from
 
@@ -188,10 +189,15 @@ class FastSAMOracle(BaseOracle):
     def segment(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """FastSAM's masks for HWC uint8 RGB images: per image ``(boxes (N, 4) XYXY
         pixels, confidences (N,), masks (N, H, W) bool)``."""
+        import torch
+
         out = []
         for batch in chunks(list(images), self.batch_size):
-            # ultralytics takes numpy images as OpenCV does: BGR
-            results = self.model.predict([np.ascontiguousarray(im[:, :, ::-1]) for im in batch], **self.predict_kwargs)
+            # ultralytics takes numpy images as OpenCV does: BGR; its device selection resets torch's
+            # thread count on a CPU (to cores - 1), which the caller's own work would inherit
+            with torch_threads(torch.get_num_threads()):
+                results = self.model.predict([np.ascontiguousarray(im[:, :, ::-1]) for im in batch],
+                                             **self.predict_kwargs)
             for im, r in zip(batch, results):
                 h, w = im.shape[:2]
                 if r.masks is None or len(r.boxes) == 0:
