@@ -49,7 +49,6 @@ import argparse
 import contextlib
 import json
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -59,6 +58,8 @@ import numpy as np
 from PIL import Image
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+from bench_common import command_line  # noqa: E402
 ROOT = HERE.parents[1]
 SHARED = ROOT / ".." / "shared"
 VOCAB = ["person", "dog", "cat", "car", "bicycle", "boat", "umbrella", "horse", "bird", "bus", "train", "kite",
@@ -153,7 +154,6 @@ def build_backend(name: str, args, bundle, tmp: Path):
         return create_oracle("onnx-detector", model_path=str(folder / "FastestDet.onnx"),
                              classnames_path=str(folder / "coco.names")), "FastestDet (onnxruntime)"
     if name in ("fastsam", "fastsam-predictor"):
-        sys.path.insert(0, str(HERE.parent))
         from bench_oracles import fastsam_weights
 
         on_device = device_crops(name, args)
@@ -165,7 +165,6 @@ def build_backend(name: str, args, bundle, tmp: Path):
         return oracle, (f"FastSAM-{args.fastsam_size} (random weights) at {args.fastsam_imgsz} px, "
                         f"masks named by {args.model}, {path}")
     if name == "owlv2":
-        sys.path.insert(0, str(HERE.parent))
         from bench_oracles import owlv2_folder
 
         words = VOCAB + " ".join(TEMPLATES + ["a photo of a {}"]).replace("{}", "").replace(".", "").split()
@@ -300,7 +299,7 @@ def main(argv=None) -> int:
                 best[r["backend"]] = r
         out = {
             "benchmark": "detect_throughput",
-            "command": shlex.join([sys.executable, *sys.argv]),
+            "command": command_line(),
             "device": args.device, "precision": args.precision, "model": args.model, "tau": args.tau,
             "theta": args.theta, "images": len(pics), "seconds": args.seconds, "source": source,
             "finds_per_image_cap": args.finds_per_image, "device_crops": args.device_crops, "torch": torch.__version__,

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+from bench_common import command_line  # noqa: E402
 
 
 def make_data(folder: Path, n: int, size: int = 32) -> Path:
@@ -232,7 +233,7 @@ def main() -> None:
 
             result = {
                 "benchmark": "train_throughput",
-                "command": shlex.join([sys.executable, *sys.argv]),
+                "command": command_line(),
                 "model": args.model, "image_size": size, "pairs": n_pairs, "batch_size": args.batch_size,
                 "epochs": args.epochs, "device": args.device, "precision": args.precision, "threads": args.threads,
                 "workers": args.workers, "torch": metadata.version("torch"), "python": platform.python_version(),
