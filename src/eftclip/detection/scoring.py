@@ -53,6 +53,15 @@ class ClipScorer:
 
         return upload(arrays, self.device) if self.spec is not None and arrays else None
 
+    def rank_images(self, pils: Sequence[Any], on_device, k: int) -> list[list[tuple[str, float]]]:
+        """Top-``k`` per whole PIL image: through PIL, or from the uploaded batch (``on_device``, see
+        :meth:`upload`), where Resize + CenterCrop of every image is one roi_align."""
+        if on_device is None:
+            return self.rank(pils, k)
+        import torch
+
+        return self.rank_boxes(on_device, [torch.tensor([[0.0, 0.0, im.width, im.height]]) for im in pils], k)
+
     def rank_boxes(self, on_device, boxes: Sequence[Any], k: int) -> list[list[tuple[str, float]]]:
         """Top-``k`` per crop, from the uploaded batch: ``boxes`` holds per image a ``(Ni, 4)`` tensor of
         whole-pixel XYXY bounds (:func:`~eftclip.oracles.device_crops.pixel_bounds`); rows in image order."""
@@ -85,12 +94,6 @@ def _device_spec(bundle, device: str, setting: bool | None):
         raise EftclipError("--device-crops: the suspect CLIP's transform is not Resize + CenterCrop + Normalize, "
                            "which only the PIL path reproduces; leave --device-crops unset")
     return spec
-
-
-def _whole_images(arrays: Sequence[np.ndarray]) -> list:
-    import torch
-
-    return [torch.tensor([[0.0, 0.0, a.shape[1], a.shape[0]]]) for a in arrays]
 
 
 def _crop_labels(scorer: ClipScorer, arrays, on_device, boxes_per_image, crop_pad: float) -> list:
@@ -129,13 +132,7 @@ def examine_batch(
     pils = [im for _, _, im in batch]
     arrays = [np.asarray(im, dtype=np.uint8) for im in pils]
     on_device = scorer.upload(arrays)
-    if on_device is None:
-        ranked = scorer.rank(pils, prompt_tau)
-    else:
-        from eftclip.oracles.device_crops import pixel_bounds
-
-        whole = [pixel_bounds(b, a.shape[1], a.shape[0]) for b, a in zip(_whole_images(arrays), arrays)]
-        ranked = scorer.rank_boxes(on_device, whole, prompt_tau)
+    ranked = scorer.rank_images(pils, on_device, prompt_tau)
     results = oracle.find_batch(arrays, [[lab for lab, _ in r] for r in ranked])
     # an oracle often returns the same region for several prompts: crop and score each box once
     boxes = [list(dict.fromkeys(tuple(f.box_xyxy) for f in res.found)) for res in results]
