@@ -185,3 +185,26 @@ def test_repair_recipe_writes_out_auto_precision_on_cuda_only():
     assert repair_recipe(DefendConfig(device="cpu")).precision == "auto"  # CPU keys as they always were
     assert repair_recipe(DefendConfig(device="cuda")).precision == "bf16"
     assert repair_recipe(DefendConfig(device="cuda:1")).precision == "bf16"
+
+
+def test_repaired_side_file_names_the_placed_weights_and_no_machine_path(tmp_path):
+    from eftclip.models import create_model, load_checkpoint, save_checkpoint
+    from eftclip.pipeline.defend_report import _outputs
+
+    stage = tmp_path / "cache" / "finetune-x" / "defenses" / "eftclip"
+    rec = tmp_path / "cache" / "recover-x"
+    rec.mkdir(parents=True)
+    for name in ("mask.png", "pattern.png", "trigger.json"):
+        (rec / name).write_bytes(b"x")
+    bundle = create_model("eftclip-tiny-vit", seed=0)
+    final = save_checkpoint(bundle.model, stage / "final.safetensors", model_name="eftclip-tiny-vit",
+                            meta={"train": {"data": str(tmp_path / "cache" / "stamp-x" / "finetune.csv")}})
+    out = tmp_path / "run"
+    out.mkdir()
+    _outputs(out, {"r": {"dir": str(rec)}, "f": {"checkpoint": str(final)}}, {"recover": "r", "repair": "f"})
+    side = json.loads((out / "repaired.json").read_text())
+    assert side["weights"] == "repaired.safetensors"
+    assert side["meta"]["train"]["data"] == "../cache/stamp-x/finetune.csv"
+    assert str(tmp_path) not in (out / "repaired.json").read_text()
+    assert load_checkpoint(out / "repaired.safetensors").name == "eftclip-tiny-vit"
+    assert json.loads(final.with_suffix(".json").read_text())["weights"] == "final.safetensors"  # the stage's own

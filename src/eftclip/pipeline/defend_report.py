@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from eftclip.io import atomic_path, read_json, write_json, write_text
+from eftclip.io import atomic_path, portable_paths, read_json, write_json, write_text
 
 
 def target_of(detection: dict) -> str | None:
@@ -64,6 +64,14 @@ def _place(src: Path, dst: Path) -> None:
             shutil.copy2(src, tmp)
 
 
+def _side_file(src: Path, dst: Path) -> None:
+    """The checkpoint's JSON side file beside its new name: ``weights`` names the placed file, and the
+    training run's paths (stage folders, possibly in a shared cache) are written relative to ``dst``'s folder."""
+    side = read_json(src)
+    side["weights"] = dst.with_suffix(".safetensors").name
+    write_json(dst, portable_paths(side, dst.parent))
+
+
 def _outputs(out: Path, results: dict, ids: dict) -> dict:
     """The trigger PNGs and the repaired checkpoint, placed in ``out``."""
     rec = Path(results[ids["recover"]]["dir"])
@@ -71,7 +79,7 @@ def _outputs(out: Path, results: dict, ids: dict) -> dict:
         _place(rec / name, out / "trigger" / name)
     final = Path(results[ids["repair"]]["checkpoint"])
     _place(final, out / "repaired.safetensors")
-    _place(final.with_suffix(".json"), out / "repaired.json")
+    _side_file(final.with_suffix(".json"), out / "repaired.json")
     return {"trigger_dir": "trigger", "mask": "trigger/mask.png", "pattern": "trigger/pattern.png",
             "repaired_checkpoint": "repaired.safetensors"}
 
