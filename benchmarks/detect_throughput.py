@@ -66,6 +66,7 @@ VOCAB = ["person", "dog", "cat", "car", "bicycle", "boat", "umbrella", "horse", 
          "giraffe", "chair", "cup", "bottle", "tree", "sky", "road", "water"]
 TEMPLATES = ["a photo of a {}."]
 BACKENDS = ("reference", "reference-clip", "onnx-detector", "fastsam", "fastsam-predictor", "owlv2")
+HOST_PATHS = frozenset({"fastsam-predictor"})  # baselines measured on the host path whatever --device-crops says
 
 
 class MeanColourLabeller:
@@ -179,7 +180,7 @@ def device_crops(name: str, args) -> bool:
     """Whether backend ``name`` cuts and resizes crops on the device (the predictor baseline never does)."""
     from eftclip.oracles.device_crops import wants_device_crops
 
-    return name != "fastsam-predictor" and wants_device_crops(args.device_crops, args.device)
+    return name not in HOST_PATHS and wants_device_crops(args.device_crops, args.device)
 
 
 def measure(pics, bs, scorer, oracle, args, autocast, sync) -> dict:

@@ -118,3 +118,21 @@ def test_boxes_masks_crops():
     assert np.array_equal(masked[0, 0], img[2, 3]) and (masked[1:] == 7).all()
     padded = extract_crops(img, [(4, 4, 6, 6)], pad=0.5)[0]
     assert padded.shape == (4, 4, 3)
+
+
+def test_detection_gives_fastsam_its_device_crops_and_no_masks_unless_asked(monkeypatch):
+    import eftclip.oracles as oracles
+    from eftclip.detection.config import DetectConfig
+    from eftclip.detection.runner import _models
+    from eftclip.models import create_model
+
+    assert oracles.detection_kwargs("reference", True) == {}
+    seen = []
+    monkeypatch.setattr(oracles, "create_oracle", lambda name, **kw: seen.append((name, kw)) or object())
+    bundle = create_model("eftclip-tiny-vit", seed=0)
+    for args, want in (({"weights_path": "w"}, {"weights_path": "w", "device_crops": True, "keep_masks": False}),
+                       ({"weights_path": "w", "keep_masks": True}, {"weights_path": "w", "device_crops": True,
+                                                                    "keep_masks": True})):
+        cfg = DetectConfig(checkpoint="c", images="i", out="o", oracle="fastsam", oracle_args=args, device_crops=True)
+        scorer, _ = _models(cfg, ["tree", "house"], None, bundle)
+        assert seen[-1] == ("fastsam", want) and scorer.spec is not None

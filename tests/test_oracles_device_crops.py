@@ -43,8 +43,10 @@ def test_centred_squares_keep_the_short_side():
 
 
 def test_resize_boxes_matches_the_models_pil_transform(bundle):
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
     spec = clip_input(bundle.preprocess_val)
-    assert spec == ClipInput(32, spec.mean, spec.std) and len(spec.mean) == len(spec.std) == 3
+    assert spec == ClipInput(32, tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
     im = smooth_image()
     boxes = [(3.2, 5.7, 80.1, 60.2), (10, 10, 14, 50), (0, 0, 90, 120), (40.5, 30.5, 41, 31)]
     ref = torch.stack([bundle.preprocess_val(Image.fromarray(c)) for c in extract_crops(im, boxes, min_side=2)])
@@ -64,12 +66,17 @@ def test_resize_boxes_batches_images_of_several_sizes_and_masks(bundle):
     both = resize_boxes(on_device, [box_a, box_b], spec)
     alone = resize_boxes(upload([b], "cpu"), [box_b], spec)
     assert both.shape == (3, 3, 32, 32) and torch.allclose(both[1:], alone, atol=1e-5)
+    # a, padded on the right and bottom in the batch, reads its own edge there as it does alone
+    edge = torch.tensor([[20.0, 40.0, 40.0, 60.0]])
+    assert torch.allclose(resize_boxes(on_device, [edge, box_b[:0]], spec), resize_boxes(upload([a], "cpu"), [edge],
+                                                                                        spec), atol=1e-5)
     mask = torch.zeros((1, 60, 40), dtype=torch.bool)
     mask[:, :, :20] = True  # the left half of box_a
     masked = resize_boxes(on_device, [box_a, box_b], spec, masks=[mask, None], fill=0.0)
     black = (0 - torch.tensor(spec.mean)) / torch.tensor(spec.std)
-    assert torch.allclose(masked[0, :, :, 20:], black.view(3, 1, 1).expand(3, 32, 12))
-    assert torch.allclose(masked[0, :, :, :14], both[0, :, :, :14]) and torch.equal(masked[1:], both[1:])
+    # the mask's edge at x = 20 of 40 falls between output columns 15 and 16 of 32
+    assert torch.allclose(masked[0, :, :, 16:], black.view(3, 1, 1).expand(3, 32, 16))
+    assert torch.equal(masked[0, :, :, :16], both[0, :, :, :16]) and torch.equal(masked[1:], both[1:])
 
 
 def test_clip_input_refuses_other_transforms(bundle):
@@ -84,6 +91,23 @@ def test_clip_input_refuses_other_transforms(bundle):
 def test_device_crops_default_only_on_cuda():
     assert wants_device_crops(None, "cpu") is False and wants_device_crops(None, "cuda:1") is True
     assert wants_device_crops(True, "cpu") is True and wants_device_crops(False, "cuda") is False
+
+
+def test_resize_boxes_names_mismatched_inputs(bundle):
+    spec = clip_input(bundle.preprocess_val)
+    on_device = upload([smooth_image(20, 20)], "cpu")
+    with pytest.raises(EftclipError, match="2 box lists for 1 images"):
+        resize_boxes(on_device, [torch.zeros((0, 4)), torch.zeros((0, 4))], spec)
+    with pytest.raises(EftclipError, match="image 0: 2 masks for 1 boxes"):
+        resize_boxes(on_device, [torch.tensor([[0.0, 0, 5, 5]])], spec, masks=[torch.ones((2, 20, 20), dtype=bool)])
+    with pytest.raises(EftclipError, match=r"image 0: boxes must be \(N, 4\)"):
+        resize_boxes(on_device, [torch.zeros(4)], spec)
+
+
+def test_pixel_bounds_round_in_float64():
+    # a box edge a hair past a whole pixel takes that pixel, as extract_crops does in float64
+    assert pixel_bounds(torch.tensor([[0.0, 0.0, 10.00000001, 5.0]], dtype=torch.float64), 20, 20).tolist() == \
+        [[0.0, 0.0, 11.0, 5.0]]
 
 
 def test_upload_names_a_bad_image():

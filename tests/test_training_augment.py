@@ -167,3 +167,16 @@ def test_wordnet_synonyms_when_missing_name_the_extra(monkeypatch):
         augment.synonym_source("wordnet")
     with pytest.warns(UserWarning, match="shipped synonym table"):
         assert isinstance(augment.synonym_source("auto"), augment.TableSynonyms)
+
+
+def test_sample_random_draws_what_fresh_generators_seeded_by_the_sample_draw():
+    import numpy as np
+    import torch
+
+    from eftclip.training.data import SampleRandom, sample_seed
+
+    rand = SampleRandom(7, 3, 41)
+    assert torch.equal(torch.rand(5, generator=rand.gen),
+                       torch.rand(5, generator=torch.Generator().manual_seed(sample_seed(7, 3, 41))))
+    assert np.array_equal(rand.rng.random(5), np.random.default_rng([7, 3, 41, 11]).random(5))
+    assert rand.gen is rand.gen  # made once: later draws continue the same stream

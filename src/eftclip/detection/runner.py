@@ -117,9 +117,9 @@ def _vocab(cfg: DetectConfig, items: list[ImageItem]) -> list[str]:
 def _models(cfg: DetectConfig, vocab: list[str], oracle, bundle):
     """The CLIP scorer and the oracle, each built from ``cfg`` unless given."""
     if oracle is None:
-        from eftclip.oracles import create_oracle
+        from eftclip.oracles import create_oracle, detection_kwargs
 
-        oracle = create_oracle(cfg.oracle, **dict(cfg.oracle_args))
+        oracle = create_oracle(cfg.oracle, **{**detection_kwargs(cfg.oracle, cfg.device_crops), **cfg.oracle_args})
     if bundle is None:
         from eftclip.models import load_checkpoint
 

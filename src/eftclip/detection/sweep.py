@@ -156,9 +156,9 @@ def _triggers(cfg: SweepConfig, items: list[ImageItem]) -> dict:
 
 def _models(cfg: SweepConfig, vocab: list[str], oracle, bundle):
     if oracle is None:
-        from eftclip.oracles import create_oracle
+        from eftclip.oracles import create_oracle, detection_kwargs
 
-        oracle = create_oracle(cfg.oracle, **dict(cfg.oracle_args))
+        oracle = create_oracle(cfg.oracle, **{**detection_kwargs(cfg.oracle, cfg.device_crops), **cfg.oracle_args})
     if bundle is None:
         from eftclip.models import load_checkpoint
 

@@ -15,7 +15,8 @@ from typing import Any, Callable
 from eftclip.errors import EftclipError
 from eftclip.oracles.base import BaseOracle, Found, Oracle, OracleResult
 
-__all__ = ["MODEL_ARGS", "ORACLES", "BaseOracle", "Found", "Oracle", "OracleResult", "create_oracle", "model_kwargs"]
+__all__ = ["DEVICE_CROPS", "MODEL_ARGS", "ORACLES", "BaseOracle", "Found", "Oracle", "OracleResult", "create_oracle",
+           "detection_kwargs", "model_kwargs"]
 
 
 def _lazy(module: str, cls: str) -> Callable[..., Oracle]:
@@ -60,6 +61,17 @@ MODEL_ARGS: dict[str, str] = {
 
 #: backends whose boxes a SAM (sam_path) can refine into masks
 SAM_REFINED = frozenset({"owlv2", "grounding-dino"})
+
+
+#: backends that can keep letterbox, masks and crops on their device (``device_crops``) and leave the
+#: masks the detection step never reads on it (``keep_masks``)
+DEVICE_CROPS = frozenset({"fastsam"})
+
+
+def detection_kwargs(name: str, device_crops: bool | None) -> dict[str, Any]:
+    """What the detection step adds to backend ``name``'s keyword arguments (the user's own win):
+    its ``--device-crops`` setting, and no masks, as it reads boxes and scores only."""
+    return {"device_crops": device_crops, "keep_masks": False} if name in DEVICE_CROPS else {}
 
 
 def model_kwargs(name: str, model: str | None = None, sam: str | None = None) -> dict[str, str]:

@@ -42,16 +42,24 @@ class ClipInput:
 def clip_input(preprocess: Any) -> ClipInput | None:
     """The :class:`ClipInput` of an open_clip validation transform, or None when it is not
     ``Resize(S) + CenterCrop(S) + ToTensor + Normalize`` (then only the PIL path reproduces it)."""
-    names = [type(t).__name__ for t in getattr(preprocess, "transforms", [])]
-    steps = [n for n in names if n not in ("MaybeConvertMode", "MaybeToTensor", "ToTensor", "_convert_to_rgb")]
-    if steps != ["Resize", "CenterCrop", "Normalize"]:
+    transforms = list(getattr(preprocess, "transforms", []))
+    steps = [t for t in transforms if _step_name(t) not in ("MaybeConvertMode", "MaybeToTensor", "ToTensor",
+                                                            "_convert_to_rgb")]
+    if [_step_name(t) for t in steps] != ["Resize", "CenterCrop", "Normalize"]:
         return None
-    resize, crop, norm = (t for t in preprocess.transforms if type(t).__name__ in steps)
+    if any(getattr(t, "mode", None) not in (None, "RGB") for t in transforms if _step_name(t) == "MaybeConvertMode"):
+        return None
+    resize, crop, norm = steps
     side = resize.size if isinstance(resize.size, int) else (resize.size[0] if len(resize.size) == 1 else None)
     crop_hw = tuple(crop.size) if not isinstance(crop.size, int) else (crop.size, crop.size)
     if side is None or crop_hw != (side, side):
         return None
     return ClipInput(int(side), tuple(float(v) for v in norm.mean), tuple(float(v) for v in norm.std))
+
+
+def _step_name(t: Any) -> str:
+    # open_clip writes some steps as plain functions (_convert_to_rgb), others as transform objects
+    return getattr(t, "__name__", type(t).__name__)
 
 
 def wants_device_crops(setting: bool | None, device: str | torch.device) -> bool:
@@ -82,22 +90,23 @@ def upload(images: Sequence[np.ndarray], device: str | torch.device) -> torch.Te
 def pixel_bounds(boxes: torch.Tensor, w: int, h: int, *, pad: float = 0.0, min_side: int = 1) -> torch.Tensor:
     """Whole-pixel crop bounds ``(N, 4)`` XYXY of boxes ``(N, 4)`` in a ``w x h`` image: the rule of
     :func:`eftclip.oracles.base.extract_crops` (grow by ``pad``, floor/ceil, clamp, at least ``min_side``)."""
-    b = boxes.float()
+    b = boxes.double()  # floor/ceil as extract_crops does them, in float64: 10.00000001 ends at 11
     bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     x1 = (b[:, 0] - pad * bw).clamp_min(0.0).floor().clamp_max(w - 1)
     y1 = (b[:, 1] - pad * bh).clamp_min(0.0).floor().clamp_max(h - 1)
     x2 = (b[:, 2] + pad * bw).clamp_max(float(w)).ceil()
     y2 = (b[:, 3] + pad * bh).clamp_max(float(h)).ceil()
-    x2, x1 = _at_least(x1, x2, min_side, w)
-    y2, y1 = _at_least(y1, y2, min_side, h)
+    x1, x2 = _at_least(x1, x2, min_side, w)
+    y1, y2 = _at_least(y1, y2, min_side, h)
     return torch.stack([x1, y1, x2, y2], dim=1)
 
 
 def _at_least(lo: torch.Tensor, hi: torch.Tensor, side: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, hi)`` with spans under ``side`` grown to it inside ``[0, limit]``."""
     short = hi - lo < side
     new_hi = torch.where(short, (lo + side).clamp_max(float(limit)), hi)
     new_lo = torch.where(short, (new_hi - side).clamp_min(0.0), lo)
-    return new_hi, new_lo
+    return new_lo, new_hi
 
 
 def centred_squares(bounds: torch.Tensor) -> torch.Tensor:
@@ -119,20 +128,37 @@ def resize_boxes(
     """CLIP inputs ``(N, 3, S, S)`` (normalised) for the XYXY pixel ``boxes`` of each image.
 
     ``images``: ``(B, 3, H, W)`` float in [0, 1] (:func:`upload`); ``boxes``: per image a ``(Ni, 4)``
-    tensor of whole-pixel bounds (:func:`pixel_bounds`), ``N = sum(Ni)``, in image order.
-    ``masks``: per image None or ``(Ni, H_i, W_i)`` bool at that image's resolution; pixels
-    outside a box's mask are set to ``fill`` (in [0, 1]) before resampling.
+    tensor of whole-pixel bounds (:func:`pixel_bounds`), on any device, ``N = sum(Ni)``, in image order.
+    ``masks``: per image None or ``(Ni, H_i, W_i)`` bool at that image's resolution; each mask is
+    resampled beside its crop, and output pixels where it falls under one half are set to ``fill``
+    (in [0, 1]): the crop's own pixels are not blended with ``fill`` as a PIL crop of a masked image is.
     """
     from torchvision.ops import roi_align
 
-    squares = [centred_squares(b.to(images.device, torch.float32)) for b in boxes]
+    _check_boxes(images, boxes, masks)
+    squares = [centred_squares(b.double()).float() for b in boxes]
+    # one (N, 5) table of (image index, square) sent in one copy, not one copy per image
+    rois = torch.cat([torch.cat([sq.new_full((len(sq), 1), float(i)), sq], 1) for i, sq in enumerate(squares)])
     size = (spec.size, spec.size)
-    crops = roi_align(images, squares, size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    crops = roi_align(images, rois.to(images.device, images.dtype, non_blocking=True), size, spatial_scale=1.0,
+                      sampling_ratio=-1, aligned=True)
     if masks is not None:
         crops = _masked(crops, squares, masks, size, fill)
-    mean = torch.tensor(spec.mean, device=crops.device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=crops.device).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean, dtype=crops.dtype).view(1, 3, 1, 1).to(crops.device, non_blocking=True)
+    std = torch.tensor(spec.std, dtype=crops.dtype).view(1, 3, 1, 1).to(crops.device, non_blocking=True)
     return (crops - mean) / std
+
+
+def _check_boxes(images: torch.Tensor, boxes: Sequence[torch.Tensor], masks) -> None:
+    if len(boxes) != images.shape[0]:
+        raise EftclipError(f"{len(boxes)} box lists for {images.shape[0]} images")
+    if masks is not None and len(masks) != len(boxes):
+        raise EftclipError(f"{len(masks)} mask lists for {len(boxes)} box lists")
+    for i, b in enumerate(boxes):
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise EftclipError(f"image {i}: boxes must be (N, 4) XYXY, got shape {tuple(b.shape)}")
+        if masks is not None and masks[i] is not None and masks[i].shape[0] != b.shape[0]:
+            raise EftclipError(f"image {i}: {masks[i].shape[0]} masks for {b.shape[0]} boxes")
 
 
 def _masked(crops: torch.Tensor, squares: list[torch.Tensor], masks: Sequence[torch.Tensor | None],
@@ -145,8 +171,9 @@ def _masked(crops: torch.Tensor, squares: list[torch.Tensor], masks: Sequence[to
             keep.append(torch.ones((len(sq), 1, *size), device=crops.device))
             continue
         # each mask is its own one-channel "image": box k reads plane k
-        idx = torch.arange(len(sq), device=sq.device, dtype=sq.dtype)[:, None]
-        planes = m.to(crops.device, torch.float32)[:, None]
-        keep.append(roi_align(planes, torch.cat([idx, sq], 1), size, 1.0, -1, True) >= 0.5)
+        idx = torch.arange(len(sq), dtype=sq.dtype, device=sq.device)[:, None]
+        planes = m.to(crops.device, crops.dtype)[:, None]
+        rois = torch.cat([idx, sq], 1).to(crops.device, crops.dtype, non_blocking=True)
+        keep.append(roi_align(planes, rois, size, 1.0, -1, True) >= 0.5)
     inside = torch.cat(keep).to(crops.dtype)
     return crops * inside + fill * (1 - inside)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from eftclip.errors import EftclipError, MissingExtraError
 from eftclip.threads import torch_threads
@@ -189,8 +190,6 @@ class FastSAMOracle(BaseOracle):
     def segment(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """FastSAM's masks for HWC uint8 RGB images: per image ``(boxes (N, 4) XYXY
         pixels, confidences (N,), masks (N, H, W) bool)``."""
-        import torch
-
         out = []
         for batch in chunks(list(images), self.batch_size):
             # ultralytics takes numpy images as OpenCV does: BGR; its device selection resets torch's
@@ -235,29 +234,39 @@ class FastSAMOracle(BaseOracle):
         return regions, self.labeller.image_features(all_crops) if all_crops else None
 
     def _regions_on_device(self, images: list[np.ndarray]):
-        """What :meth:`_regions_on_host` returns, with letterbox, masks, crops and CLIP on the device;
-        only boxes (and masks with ``keep_masks``) come back to the host."""
-        import torch
+        """What :meth:`_regions_on_host` returns, with letterbox, masks, crops and CLIP on the device,
+        ``batch_size`` images a network pass; only boxes (and masks with ``keep_masks``) reach the host."""
+        from eftclip.oracles.device_crops import upload
 
-        from eftclip.oracles.device_crops import pixel_bounds, resize_boxes, upload
+        regions, feats = [], []
+        for batch in chunks(list(images), self.batch_size):
+            on_device = upload(batch, self.on_device[0].net_device)
+            r, f = self._device_batch(batch, on_device)
+            regions.extend(r)
+            if f is not None:
+                feats.append(f)
+        return regions, (torch.cat(feats) if feats else None)
+
+    def _device_batch(self, images: list[np.ndarray], on_device):
+        from eftclip.oracles.device_crops import pixel_bounds, resize_boxes
 
         segmenter, spec = self.on_device
         sizes = [im.shape[:2] for im in images]
-        dev = upload(images, segmenter.net_device)
-        bounds, masks, regions = [], [], []
-        for (boxes, _conf, m), (h, w) in zip(segmenter(dev, sizes), sizes):
-            boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                                 boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
-            keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) >= self.min_area * h * w
-            boxes, m = boxes[keep], m[keep]
-            bounds.append(pixel_bounds(boxes, w, h, pad=self.pad))
-            masks.append(m)
-            host = [tuple(float(v) for v in b) for b in boxes.double().cpu().tolist()]
+        need_masks = self.keep_masks or self.crop == "masked"
+        segs = segmenter(on_device, sizes, min_area=self.min_area, masks=need_masks)
+        bounds = [pixel_bounds(boxes, w, h, pad=self.pad) for (boxes, _, _), (h, w) in zip(segs, sizes)]
+        feats = None
+        if any(len(b) for b in bounds):
+            masks = [m for _, _, m in segs] if self.crop == "masked" else None
+            feats = self.labeller.encode(resize_boxes(on_device, bounds, spec, masks=masks))
+        # one copy of every box of the batch to the host
+        flat = torch.cat([boxes for boxes, _, _ in segs]).double().cpu().tolist()
+        regions, start = [], 0
+        for boxes, _, m in segs:
+            host = [tuple(float(v) for v in b) for b in flat[start : start + len(boxes)]]
+            start += len(boxes)
             regions.append((host, list(m.cpu().numpy()) if self.keep_masks else [None] * len(host)))
-        if not any(len(b) for b in bounds):
-            return regions, None
-        crops = resize_boxes(dev, bounds, spec, masks=masks if self.crop == "masked" else None)
-        return regions, self.labeller.encode(crops)
+        return regions, feats
 
     def _name(self, prompts: list[str], boxes: list, masks: list, feats) -> OracleResult:
         """The findings of one image: each prompt's softmax probability per region (over prompts and

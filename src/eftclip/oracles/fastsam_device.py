@@ -12,7 +12,7 @@ steps on the images' device:
 3. ultralytics' own NMS, box rescaling and native-resolution mask assembly
    (``nms.non_max_suppression``, ``ops.scale_boxes``, ``ops.process_mask_native``),
    then FastSAM's border rule (boxes within 20 px of a border snap to it; a box
-   covering 90% of the image becomes the whole image).
+   covering 90% of the image becomes the whole image), as tensor operations.
 
 Its results equal the predictor's for images already ``imgsz`` square (tested);
 for others the letterbox differs from OpenCV's in a few grey levels.
@@ -50,9 +50,13 @@ def letterbox(images: torch.Tensor, sizes: Sequence[tuple[int, int]], side: int)
     return out
 
 
+BORDER_PX = 20  # FastSAM's rule: a box edge this close to the image border snaps to it
+WHOLE_IOU = 0.9  # and a box covering more than this share of the image becomes the whole image
+
+
 class DeviceSegmenter:
     """FastSAM on tensors: ``(B, 3, Hmax, Wmax)`` images in [0, 1] in, per image
-    ``(boxes (N, 4) XYXY pixels float, conf (N,), masks (N, h, w) bool)`` out, all on the device."""
+    ``(boxes (N, 4) XYXY pixels float, conf (N,), masks (N, h, w) bool or None)`` out, all on the device."""
 
     def __init__(self, net: torch.nn.Module, *, imgsz: int, conf: float, iou: float, max_det: int,
                  device: str | torch.device):
@@ -66,32 +70,47 @@ class DeviceSegmenter:
         self.classes = len(getattr(net, "names", {0: "object"}))
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[tuple[Any, Any, Any]]:
+    def __call__(self, images: torch.Tensor, sizes: Sequence[tuple[int, int]], *, min_area: float = 0.0,
+                 masks: bool = True) -> list[tuple[Any, Any, Any]]:
+        """``min_area``: drop boxes smaller than this share of their image; ``masks``: return them (else None)."""
         from ultralytics.utils import nms
 
         x = letterbox(images, sizes, self.imgsz)
         preds, protos = self._forward(x)
         kept = nms.non_max_suppression(preds, self.conf, self.iou, max_det=self.max_det, nc=self.classes)
-        return [self._one(det, proto, hw) for det, proto, hw in zip(kept, protos, sizes)]
+        # post-processing in float32 whatever the caller's autocast: mask logits are thresholded at zero
+        with torch.autocast(self.net_device.type, enabled=False):
+            return [self._one(det, proto, hw, min_area, masks) for det, proto, hw in zip(kept, protos, sizes)]
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.net(x)
         head = out[0] if isinstance(out[0], (tuple, list)) else out  # eval mode: ((preds, protos), extras)
         return head[0].float(), head[1]
 
-    def _one(self, det: torch.Tensor, proto: torch.Tensor, hw: tuple[int, int]):
-        from ultralytics.models.fastsam.utils import adjust_bboxes_to_image_border
+    def _one(self, det: torch.Tensor, proto: torch.Tensor, hw: tuple[int, int], min_area: float, want_masks: bool):
         from ultralytics.utils import ops
-        from ultralytics.utils.metrics import box_iou
 
         h, w = hw
-        if det.shape[0] == 0:
-            return det.new_zeros((0, 4)), det.new_zeros(0), torch.zeros((0, h, w), dtype=torch.bool, device=det.device)
-        boxes = ops.scale_boxes((self.imgsz, self.imgsz), det[:, :4].clone(), (h, w))
+        boxes = ops.scale_boxes((self.imgsz, self.imgsz), det[:, :4].clone(), (h, w))  # clipped to the image
         masks = ops.process_mask_native(proto.float(), det[:, 6:].float(), boxes, (h, w))
-        keep = masks.amax((-2, -1)) > 0  # a mask with no pixel left after the box crop is no region
-        boxes, conf, masks = boxes[keep], det[keep, 4], masks[keep].bool()
-        boxes = adjust_bboxes_to_image_border(boxes, (h, w))
-        whole = torch.tensor([0.0, 0.0, w, h], device=boxes.device)
-        boxes[box_iou(whole[None], boxes)[0] > 0.9] = whole
-        return boxes, conf, masks
+        has_pixels = masks.flatten(1).amax(1) > 0  # a mask with no pixel left after the box crop is no region
+        boxes = snap_to_border(boxes, h, w)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        keep = has_pixels & (area >= min_area * h * w)  # one boolean index (one sync) per image
+        return boxes[keep], det[keep, 4], masks[keep].bool() if want_masks else None
+
+
+def snap_to_border(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """FastSAM's border rule on XYXY boxes ``(N, 4)`` inside an ``h x w`` image, without a host sync:
+    edges within ``BORDER_PX`` of the border move onto it, and a box whose IoU with the whole image
+    (its area over the image's, as it lies inside) exceeds ``WHOLE_IOU`` becomes the whole image."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    x1 = torch.where(x1 < BORDER_PX, torch.zeros_like(x1), x1)
+    y1 = torch.where(y1 < BORDER_PX, torch.zeros_like(y1), y1)
+    x2 = torch.where(x2 > w - BORDER_PX, torch.full_like(x2, w), x2)
+    y2 = torch.where(y2 > h - BORDER_PX, torch.full_like(y2, h), y2)
+    snapped = torch.stack([x1, y1, x2, y2], 1)
+    whole = ((x2 - x1) * (y2 - y1) / (h * w) > WHOLE_IOU)[:, None]
+    image_box = torch.zeros_like(snapped)
+    image_box[:, 2], image_box[:, 3] = w, h
+    return torch.where(whole, image_box, snapped)

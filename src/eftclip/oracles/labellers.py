@@ -86,7 +86,11 @@ class ClipCropLabeller:
 
         if not crops:
             return torch.zeros((0, 1))
-        return self.encode(torch.stack([self.bundle.preprocess_val(Image.fromarray(c)) for c in crops]))
+        # preprocess a batch at a time: all crops of a busy batch as float inputs would not fit
+        step = self.batch_size
+        return torch.cat([self.encode(torch.stack([self.bundle.preprocess_val(Image.fromarray(c))
+                                                   for c in crops[i : i + step]]))
+                          for i in range(0, len(crops), step)])
 
     def encode(self, inputs):
         """Unit image embeddings ``(N, D)`` (float32, on the model's device) of CLIP inputs
