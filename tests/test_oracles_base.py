@@ -126,13 +126,15 @@ def test_detection_gives_fastsam_its_device_crops_and_no_masks_unless_asked(monk
     from eftclip.detection.runner import _models
     from eftclip.models import create_model
 
-    assert oracles.detection_kwargs("reference", True) == {}
+    assert oracles.detection_kwargs("reference", "cuda", True) == {"device": "cuda"}
+    assert oracles.detection_kwargs("onnx-detector", "cuda", True) == {}
     seen = []
     monkeypatch.setattr(oracles, "create_oracle", lambda name, **kw: seen.append((name, kw)) or object())
     bundle = create_model("eftclip-tiny-vit", seed=0)
-    for args, want in (({"weights_path": "w"}, {"weights_path": "w", "device_crops": True, "keep_masks": False}),
-                       ({"weights_path": "w", "keep_masks": True}, {"weights_path": "w", "device_crops": True,
-                                                                    "keep_masks": True})):
+    for args, want in (({"weights_path": "w"}, {"weights_path": "w", "device": "cpu", "device_crops": True,
+                                                 "keep_masks": False}),
+                       ({"weights_path": "w", "keep_masks": True, "device": "meta"},
+                        {"weights_path": "w", "device": "meta", "device_crops": True, "keep_masks": True})):
         cfg = DetectConfig(checkpoint="c", images="i", out="o", oracle="fastsam", oracle_args=args, device_crops=True)
         scorer, _ = _models(cfg, ["tree", "house"], None, bundle)
         assert seen[-1] == ("fastsam", want) and scorer.spec is not None

@@ -158,7 +158,8 @@ def _models(cfg: SweepConfig, vocab: list[str], oracle, bundle):
     if oracle is None:
         from eftclip.oracles import create_oracle, detection_kwargs
 
-        oracle = create_oracle(cfg.oracle, **{**detection_kwargs(cfg.oracle, cfg.device_crops), **cfg.oracle_args})
+        added = detection_kwargs(cfg.oracle, cfg.device, cfg.device_crops)
+        oracle = create_oracle(cfg.oracle, **{**added, **cfg.oracle_args})
     if bundle is None:
         from eftclip.models import load_checkpoint
 

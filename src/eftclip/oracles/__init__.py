@@ -15,7 +15,7 @@ from typing import Any, Callable
 from eftclip.errors import EftclipError
 from eftclip.oracles.base import BaseOracle, Found, Oracle, OracleResult
 
-__all__ = ["DEVICE_CROPS", "MODEL_ARGS", "ORACLES", "BaseOracle", "Found", "Oracle", "OracleResult", "create_oracle",
+__all__ = ["DEVICE_CROPS", "MODEL_ARGS", "TORCH_DEVICE", "ORACLES", "BaseOracle", "Found", "Oracle", "OracleResult", "create_oracle",
            "detection_kwargs", "model_kwargs"]
 
 
@@ -63,15 +63,21 @@ MODEL_ARGS: dict[str, str] = {
 SAM_REFINED = frozenset({"owlv2", "grounding-dino"})
 
 
+#: backends that run on a torch device (``device``: their networks and clean labellers)
+TORCH_DEVICE = frozenset({"reference", "fastsam", "owlv2", "grounding-dino"})
+
 #: backends that can keep letterbox, masks and crops on their device (``device_crops``) and leave the
 #: masks the detection step never reads on it (``keep_masks``)
 DEVICE_CROPS = frozenset({"fastsam"})
 
 
-def detection_kwargs(name: str, device_crops: bool | None) -> dict[str, Any]:
+def detection_kwargs(name: str, device: str, device_crops: bool | None) -> dict[str, Any]:
     """What the detection step adds to backend ``name``'s keyword arguments (the user's own win):
-    its ``--device-crops`` setting, and no masks, as it reads boxes and scores only."""
-    return {"device_crops": device_crops, "keep_masks": False} if name in DEVICE_CROPS else {}
+    its ``--device``, its ``--device-crops`` setting, and no masks, as it reads boxes and scores only."""
+    out: dict[str, Any] = {"device": device} if name in TORCH_DEVICE else {}
+    if name in DEVICE_CROPS:
+        out.update(device_crops=device_crops, keep_masks=False)
+    return out
 
 
 def model_kwargs(name: str, model: str | None = None, sam: str | None = None) -> dict[str, str]:
