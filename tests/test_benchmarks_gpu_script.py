@@ -127,7 +127,8 @@ def test_without_cuda_and_without_dry_run_it_stops_with_one_line(tmp_path):
     assert not (tmp_path / "out" / "parts.tsv").exists()  # stopped before any part
 
 
-@pytest.mark.slow  # seven Python start-ups (two trainers per model, two detection backends): 60-80 s on 2 busy cores
+# in the default run, so that gpu.sh cannot rot while no GPU is at hand: about 85 s on 2 cores (seven Python
+# start-ups: two trainers per model, the two detection parts)
 def test_dry_run_measures_every_part(tmp_path):
     out = tmp_path / "dry"
     proc = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--dry-run", str(out)], env=_env(), cwd=ROOT,
