@@ -123,7 +123,7 @@ def test_boxes_masks_crops():
 def test_detection_gives_fastsam_its_device_crops_and_no_masks_unless_asked(monkeypatch):
     import eftclip.oracles as oracles
     from eftclip.detection.config import DetectConfig
-    from eftclip.detection.runner import _models
+    from eftclip.detection.scoring import build_models
     from eftclip.models import create_model
 
     assert oracles.detection_kwargs("reference", "cuda", True) == {"device": "cuda"}
@@ -136,5 +136,5 @@ def test_detection_gives_fastsam_its_device_crops_and_no_masks_unless_asked(monk
                        ({"weights_path": "w", "keep_masks": True, "device": "meta"},
                         {"weights_path": "w", "device": "meta", "device_crops": True, "keep_masks": True})):
         cfg = DetectConfig(checkpoint="c", images="i", out="o", oracle="fastsam", oracle_args=args, device_crops=True)
-        scorer, _ = _models(cfg, ["tree", "house"], None, bundle)
+        scorer, _ = build_models(cfg, ["tree", "house"], None, bundle)
         assert seen[-1] == ("fastsam", want) and scorer.spec is not None

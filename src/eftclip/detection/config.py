@@ -53,7 +53,7 @@ class DetectConfig(DecideParams):
     crop_pad: float = 0.0  # grow each oracle box by this fraction of its size before cropping
     batch_size: int = 32  # images per batch (CLIP, oracle, and crops re-scored)
     device: str = "cpu"  # torch device for CLIP
-    device_crops: bool | None = None  # resize images and cut crops on --device (torchvision roi_align), not through PIL; unset: on CUDA only (crop probabilities differ from the PIL path by up to about 0.005)
+    device_crops: bool | None = None  # resize images and cut crops on --device (torchvision roi_align), not through PIL; unset: on CUDA only (crop probabilities differ slightly from the PIL path's; the tests bound it)
     on_error: str = field(default="skip", metadata=cli_flag(choices=ON_ERROR))  # an image that fails to load: "skip" (counted) or "fail"
     max_images: int | None = None  # only the first N images (quick looks)
     figure_n: int = 5  # images in figure7.png

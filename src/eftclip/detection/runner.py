@@ -48,7 +48,7 @@ from eftclip.detection.config import (  # noqa: F401  (re-exports)
 from eftclip.detection.decide import decide, image_sets  # noqa: F401  (re-exports)
 from eftclip.detection.outputs import WEAK_ORACLE, write_outputs  # noqa: F401  (re-exports)
 from eftclip.detection.records import Shard, check_out, gather_shards, iter_records, run_pass1, run_shard  # noqa: F401
-from eftclip.detection.scoring import ClipScorer, examine_batch  # noqa: F401  (re-exports)
+from eftclip.detection.scoring import ClipScorer, build_models, examine_batch  # noqa: F401  (re-exports)
 from eftclip.detection.sources import (  # noqa: F401  (re-exports)
     IMAGE_SUFFIXES,
     ImageItem,
@@ -77,7 +77,7 @@ def run_detection(cfg: DetectConfig, *, oracle=None, bundle=None) -> dict:
     shard.out.mkdir(parents=True, exist_ok=True)
     check_out(shard, run_settings(cfg, vocab), resume=cfg.resume, force=cfg.force)
     # build the models before marking the folder: a missing checkpoint leaves no half-started run
-    scorer, oracle = _models(cfg, vocab, oracle, bundle)
+    scorer, oracle = build_models(cfg, vocab, oracle, bundle)
     _mark_folder(shard, cfg, vocab)
 
     stats = run_shard(shard, items, scorer, oracle, prompt_tau=cfg.list_length, batch_size=cfg.batch_size,
@@ -112,20 +112,6 @@ def _vocab(cfg: DetectConfig, items: list[ImageItem]) -> list[str]:
     if cfg.list_length > len(vocab):
         raise EftclipError(f"--prompt-tau {cfg.list_length} is larger than the vocabulary ({len(vocab)} labels)")
     return vocab
-
-
-def _models(cfg: DetectConfig, vocab: list[str], oracle, bundle):
-    """The CLIP scorer and the oracle, each built from ``cfg`` unless given."""
-    if oracle is None:
-        from eftclip.oracles import create_oracle, detection_kwargs
-
-        added = detection_kwargs(cfg.oracle, cfg.device, cfg.device_crops)
-        oracle = create_oracle(cfg.oracle, **{**added, **cfg.oracle_args})
-    if bundle is None:
-        from eftclip.models import load_checkpoint
-
-        bundle = load_checkpoint(cfg.checkpoint, device=cfg.device)
-    return ClipScorer(bundle, vocab, cfg.templates, cfg.device, cfg.batch_size, cfg.device_crops), oracle
 
 
 def _mark_folder(shard: Shard, cfg: DetectConfig, vocab: list[str]) -> None:

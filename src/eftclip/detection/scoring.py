@@ -83,6 +83,23 @@ class ClipScorer:
         return [[(self.vocab[j], round(float(v), 6)) for v, j in zip(vs, js)] for vs, js in zip(vals, idx)]
 
 
+def build_models(cfg: Any, vocab: Sequence[str], oracle=None, bundle=None) -> tuple[ClipScorer, Any]:
+    """The CLIP scorer and the oracle of a detection or sweep config (``checkpoint``, ``oracle``,
+    ``oracle_args``, ``device``, ``device_crops``, ``templates``, ``batch_size``), each built unless given.
+    The oracle gets what the detection step adds (:func:`eftclip.oracles.detection_kwargs`); the user's
+    ``oracle_args`` win."""
+    if oracle is None:
+        from eftclip.oracles import create_oracle, detection_kwargs
+
+        added = detection_kwargs(cfg.oracle, cfg.device, cfg.device_crops)
+        oracle = create_oracle(cfg.oracle, **{**added, **cfg.oracle_args})
+    if bundle is None:
+        from eftclip.models import load_checkpoint
+
+        bundle = load_checkpoint(cfg.checkpoint, device=cfg.device)
+    return ClipScorer(bundle, vocab, cfg.templates, cfg.device, cfg.batch_size, cfg.device_crops), oracle
+
+
 def _device_spec(bundle, device: str, setting: bool | None):
     from eftclip.errors import EftclipError
     from eftclip.oracles.device_crops import clip_input, wants_device_crops

@@ -32,7 +32,7 @@ from eftclip.detection.algorithms import FLAG_RULES
 from eftclip.detection.config import MODES, DecideParams, check_params
 from eftclip.detection.decide import decide
 from eftclip.detection.records import iter_records, run_pass1
-from eftclip.detection.scoring import ClipScorer
+from eftclip.detection.scoring import build_models
 from eftclip.detection.sources import ImageItem, list_images, resolve_vocab
 from eftclip.errors import EftclipError
 
@@ -101,7 +101,7 @@ def run_sweep(cfg: SweepConfig, *, oracle=None, bundle=None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     write_config(out / "config.yaml", cfg)
     write_text(out / "vocab.txt", "\n".join(vocab) + "\n")
-    scorer, oracle = _models(cfg, vocab, oracle, bundle)
+    scorer, oracle = build_models(cfg, vocab, oracle, bundle)
 
     def pass1(log: Path, pairs, desc):
         from eftclip.io import repair_jsonl
@@ -152,19 +152,6 @@ def _triggers(cfg: SweepConfig, items: list[ImageItem]) -> dict:
     for trig in triggers.values():
         trig.apply(probe, np.random.default_rng(0))
     return triggers
-
-
-def _models(cfg: SweepConfig, vocab: list[str], oracle, bundle):
-    if oracle is None:
-        from eftclip.oracles import create_oracle, detection_kwargs
-
-        added = detection_kwargs(cfg.oracle, cfg.device, cfg.device_crops)
-        oracle = create_oracle(cfg.oracle, **{**added, **cfg.oracle_args})
-    if bundle is None:
-        from eftclip.models import load_checkpoint
-
-        bundle = load_checkpoint(cfg.checkpoint, device=cfg.device)
-    return ClipScorer(bundle, vocab, cfg.templates, cfg.device, cfg.batch_size, cfg.device_crops), oracle
 
 
 def _decide_grid(cfg: SweepConfig, rho: int, mu: str, log: Path, clean_log: Path) -> list[dict]:

@@ -15,8 +15,8 @@ from typing import Any, Callable
 from eftclip.errors import EftclipError
 from eftclip.oracles.base import BaseOracle, Found, Oracle, OracleResult
 
-__all__ = ["DEVICE_CROPS", "MODEL_ARGS", "TORCH_DEVICE", "ORACLES", "BaseOracle", "Found", "Oracle", "OracleResult", "create_oracle",
-           "detection_kwargs", "model_kwargs"]
+__all__ = ["DEVICE_CROPS", "MODEL_ARGS", "ORACLES", "TORCH_DEVICE", "BaseOracle", "Found", "Oracle", "OracleResult",
+           "create_oracle", "detection_kwargs", "model_kwargs"]
 
 
 def _lazy(module: str, cls: str) -> Callable[..., Oracle]:

@@ -64,7 +64,7 @@ class PretrainRecipe:
     weight_decay: float = 0.1  # AdamW decay
     crop_scale_min: float = 1.0  # smallest random-crop area; 1.0 = no crop (crops cut small objects and corner triggers)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    channels_last: bool = False  # convolutions in NHWC order: faster ResNets on CPU, numbers equal to the last bits
+    channels_last: bool = False  # convolutions in NHWC order: faster ResNets on CPU; the last bits of the numbers differ
     workers: int = 0  # DataLoader workers (used when images are not cached in memory)
     cache_images: bool | None = None  # decode images once into memory; null = when small enough
     cpu_threads: int | None = None  # torch intra-op threads on CPU (null = the experiment's)

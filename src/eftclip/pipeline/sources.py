@@ -209,9 +209,6 @@ class FolderSource:
                                    f"({', '.join(names)}); ASR needs the target among the classes")
 
 
-
-
-
 def _eval_subset(test_root: Path, folder: Path, per_class: int) -> str:
     """An ImageFolder of the first ``per_class`` test images per class, as symlinks (nothing copied)."""
     from eftclip.data.zeroshot import ImageFolderSet
